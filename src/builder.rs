@@ -1,0 +1,267 @@
+//! Configuration: the [`Builder`] and the validated settings it produces.
+//!
+//! The builder collects what the application asks for; [`Builder::start`]
+//! reads systemd's environment, fills in defaults that depend on it (the
+//! stall threshold is a quarter of `WatchdogSec=` under systemd, one second
+//! without), checks every setting against the others and either returns a
+//! typed [`Error`] or starts the monitor thread.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+
+use crate::error::{Error, Result};
+use crate::notify::SystemdEnv;
+use crate::status::StallEvent;
+use crate::watchdog::Watchdog;
+
+/// The `on_stall` callback.
+pub(crate) type StallCallback = Box<dyn Fn(&StallEvent) + Send + 'static>;
+
+/// Default stall threshold when systemd gives no watchdog interval.
+pub const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_secs(1);
+/// Longest default probe interval.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Builds and starts a [`Watchdog`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), loopwatch::Error> {
+/// use std::time::Duration;
+///
+/// let watchdog = loopwatch::Watchdog::builder()
+///     .stall_threshold(Duration::from_millis(500))
+///     .probe_interval(Duration::from_millis(50))
+///     .watch("main", tokio::runtime::Handle::current())
+///     .on_stall(|event| eprintln!("loopwatch: {event:?}"))
+///     .start()?;
+/// watchdog.ready()?;
+/// // ... serve ...
+/// watchdog.shutdown();
+/// # Ok(()) }
+/// ```
+#[must_use = "a Builder does nothing until start() is called"]
+pub struct Builder {
+    pub(crate) stall_threshold: Option<Duration>,
+    pub(crate) probe_interval: Option<Duration>,
+    pub(crate) runtimes: Vec<(String, Handle)>,
+    pub(crate) on_stall: Option<StallCallback>,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("stall_threshold", &self.stall_threshold)
+            .field("probe_interval", &self.probe_interval)
+            .field(
+                "runtimes",
+                &self.runtimes.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("on_stall", &self.on_stall.is_some())
+            .finish()
+    }
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Builder {
+    /// A builder with every default.
+    pub fn new() -> Self {
+        Builder {
+            stall_threshold: None,
+            probe_interval: None,
+            runtimes: Vec::new(),
+            on_stall: None,
+        }
+    }
+
+    /// Lag above which a runtime counts as stalled.
+    ///
+    /// Default: a quarter of systemd's watchdog interval (`WatchdogSec=`)
+    /// when it applies, else one second. It must be below the watchdog
+    /// interval, or no report could be written before systemd's deadline.
+    pub fn stall_threshold(mut self, threshold: Duration) -> Self {
+        self.stall_threshold = Some(threshold);
+        self
+    }
+
+    /// How often each runtime is probed.
+    ///
+    /// Default: a quarter of the stall threshold, at most 100 ms. Must be
+    /// above zero and below the threshold. The probe costs one task wake per
+    /// interval.
+    pub fn probe_interval(mut self, interval: Duration) -> Self {
+        self.probe_interval = Some(interval);
+        self
+    }
+
+    /// Watches the runtime behind `handle` under `name` (a label in logs,
+    /// `STATUS=`, metrics and reports). Call once per runtime.
+    pub fn watch(mut self, name: impl Into<String>, handle: Handle) -> Self {
+        self.runtimes.push((name.into(), handle));
+        self
+    }
+
+    /// Called on the monitor thread when a runtime stalls and when it
+    /// recovers. It must not block for long: the monitor waits for it. A
+    /// panic inside it is caught, logged and counted.
+    pub fn on_stall<F>(mut self, callback: F) -> Self
+    where
+        F: Fn(&StallEvent) + Send + 'static,
+    {
+        self.on_stall = Some(Box::new(callback));
+        self
+    }
+
+    /// Validates the settings against systemd's environment and starts the
+    /// monitor thread.
+    ///
+    /// # Errors
+    /// A typed [`Error`] for a bad `WATCHDOG_USEC`/`WATCHDOG_PID`, a
+    /// threshold not below the watchdog interval, a zero or too long probe
+    /// interval, no runtime or a repeated runtime name, or a thread that
+    /// could not be spawned.
+    pub fn start(self) -> Result<Watchdog> {
+        let env = SystemdEnv::from_process()?;
+        let settings = Settings::resolve(&self, env)?;
+        Watchdog::start(self, settings)
+    }
+}
+
+/// Validated, resolved settings.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub threshold: Duration,
+    pub probe_interval: Duration,
+    pub env: SystemdEnv,
+    /// The watchdog interval that applies to this process.
+    pub watchdog: Option<Duration>,
+    pub pid: u32,
+}
+
+impl Settings {
+    pub(crate) fn resolve(b: &Builder, env: SystemdEnv) -> Result<Arc<Settings>> {
+        let pid = std::process::id();
+        let watchdog = env.watchdog_for(pid);
+        let threshold = match b.stall_threshold {
+            Some(t) => t,
+            None => watchdog.map_or(DEFAULT_STALL_THRESHOLD, |w| w / 4),
+        };
+        if threshold.is_zero() {
+            return Err(Error::ZeroDuration {
+                setting: "stall_threshold",
+            });
+        }
+        if let Some(w) = watchdog {
+            if threshold >= w {
+                return Err(Error::ThresholdNotBelowWatchdog {
+                    threshold,
+                    watchdog: w,
+                });
+            }
+        }
+        let probe_interval = b
+            .probe_interval
+            .unwrap_or_else(|| (threshold / 4).min(DEFAULT_PROBE_INTERVAL));
+        if probe_interval.is_zero() {
+            return Err(Error::ZeroDuration {
+                setting: "probe_interval",
+            });
+        }
+        if probe_interval >= threshold {
+            return Err(Error::ProbeIntervalNotBelowThreshold {
+                probe_interval,
+                threshold,
+            });
+        }
+        if b.runtimes.is_empty() {
+            return Err(Error::NoRuntime);
+        }
+        for (i, (name, _)) in b.runtimes.iter().enumerate() {
+            if b.runtimes[..i].iter().any(|(n, _)| n == name) {
+                return Err(Error::DuplicateRuntimeName { name: name.clone() });
+            }
+        }
+        Ok(Arc::new(Settings {
+            threshold,
+            probe_interval,
+            env,
+            watchdog,
+            pid,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().build().unwrap()
+    }
+
+    fn wd_env(usec: u64) -> SystemdEnv {
+        SystemdEnv {
+            socket: None,
+            watchdog: Some(Duration::from_micros(usec)),
+            watchdog_pid: None,
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_watchdog_interval() {
+        let r = rt();
+        let b = Builder::new().watch("main", r.handle().clone());
+        let s = Settings::resolve(&b, wd_env(2_000_000)).unwrap();
+        assert_eq!(s.threshold, Duration::from_millis(500));
+        assert_eq!(s.probe_interval, Duration::from_millis(100));
+        let s = Settings::resolve(&b, SystemdEnv::default()).unwrap();
+        assert_eq!(s.threshold, DEFAULT_STALL_THRESHOLD);
+        let s = Settings::resolve(&b, wd_env(200_000)).unwrap();
+        assert_eq!(s.threshold, Duration::from_millis(50));
+        assert_eq!(s.probe_interval, Duration::from_micros(12_500));
+    }
+
+    #[test]
+    fn each_bad_setting_has_its_error() {
+        let r = rt();
+        let h = || r.handle().clone();
+        let e = Settings::resolve(
+            &Builder::new()
+                .watch("m", h())
+                .stall_threshold(Duration::from_secs(3)),
+            wd_env(3_000_000),
+        );
+        assert!(matches!(e, Err(Error::ThresholdNotBelowWatchdog { .. })), "{e:?}");
+        let e = Settings::resolve(
+            &Builder::new().watch("m", h()).probe_interval(Duration::ZERO),
+            SystemdEnv::default(),
+        );
+        assert!(matches!(e, Err(Error::ZeroDuration { setting: "probe_interval" })), "{e:?}");
+        let e = Settings::resolve(
+            &Builder::new().watch("m", h()).stall_threshold(Duration::ZERO),
+            SystemdEnv::default(),
+        );
+        assert!(matches!(e, Err(Error::ZeroDuration { setting: "stall_threshold" })), "{e:?}");
+        let e = Settings::resolve(
+            &Builder::new()
+                .watch("m", h())
+                .probe_interval(Duration::from_secs(2)),
+            SystemdEnv::default(),
+        );
+        assert!(matches!(e, Err(Error::ProbeIntervalNotBelowThreshold { .. })), "{e:?}");
+        let e = Settings::resolve(&Builder::new(), SystemdEnv::default());
+        assert!(matches!(e, Err(Error::NoRuntime)), "{e:?}");
+        let e = Settings::resolve(
+            &Builder::new().watch("m", h()).watch("m", h()),
+            SystemdEnv::default(),
+        );
+        assert!(matches!(e, Err(Error::DuplicateRuntimeName { .. })), "{e:?}");
+    }
+}

@@ -1,0 +1,119 @@
+//! The one error type of the crate.
+//!
+//! Everything that can go wrong when a [`Watchdog`](crate::Watchdog) is
+//! configured or started is a variant of [`Error`]. Failures at run time
+//! (a ping that could not be sent, a report that could not be written) are
+//! never returned to the application: the monitor counts them, logs them and
+//! carries on, because a watchdog must not take its daemon down.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What went wrong while configuring or starting loopwatch.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `WATCHDOG_USEC` is set but is not a positive whole number.
+    #[error("WATCHDOG_USEC={value:?} is not a positive whole number of microseconds")]
+    InvalidWatchdogUsec {
+        /// The value found in the environment.
+        value: String,
+    },
+    /// `WATCHDOG_PID` is set but is not a process id.
+    #[error("WATCHDOG_PID={value:?} is not a process id")]
+    InvalidWatchdogPid {
+        /// The value found in the environment.
+        value: String,
+    },
+    /// The stall threshold leaves no time to act before systemd's deadline.
+    #[error(
+        "stall threshold {threshold:?} must be below systemd's watchdog interval {watchdog:?} \
+         (WatchdogSec=); the default is a quarter of it"
+    )]
+    ThresholdNotBelowWatchdog {
+        /// The configured threshold.
+        threshold: Duration,
+        /// The watchdog interval from `WATCHDOG_USEC`.
+        watchdog: Duration,
+    },
+    /// A duration setting that must be positive was zero.
+    #[error("{setting} must be greater than zero")]
+    ZeroDuration {
+        /// The builder method whose value was zero.
+        setting: &'static str,
+    },
+    /// The probe would not run often enough to see a stall of the threshold.
+    #[error("probe interval {probe_interval:?} must be below the stall threshold {threshold:?}")]
+    ProbeIntervalNotBelowThreshold {
+        /// The configured probe interval.
+        probe_interval: Duration,
+        /// The configured (or default) threshold.
+        threshold: Duration,
+    },
+    /// `start()` was called without any `watch()`.
+    #[error("no runtime to watch: call watch(name, handle) at least once")]
+    NoRuntime,
+    /// Two watched runtimes share a name.
+    #[error("runtime name {name:?} is watched twice; names label metrics and reports and must be unique")]
+    DuplicateRuntimeName {
+        /// The repeated name.
+        name: String,
+    },
+    /// A setting is outside the range loopwatch accepts.
+    #[error("{setting}: {reason}")]
+    InvalidSetting {
+        /// The builder method concerned.
+        setting: &'static str,
+        /// Why the value was refused.
+        reason: String,
+    },
+    /// The real-time signal chosen for stack capture is already handled by the application.
+    #[error(
+        "signal {signal} already has a handler in this process; choose another with \
+         Builder::capture_signal (SIGRTMIN..SIGRTMAX)"
+    )]
+    SignalInUse {
+        /// The signal number.
+        signal: i32,
+    },
+    /// The monitor thread (or another loopwatch thread) could not be spawned.
+    #[error("could not spawn the {thread} thread: {source}")]
+    SpawnThread {
+        /// Which thread.
+        thread: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A message to systemd could not be sent.
+    #[error("could not notify systemd: {0}")]
+    Notify(#[source] io::Error),
+    /// The report directory could not be created or is not usable.
+    #[error("report directory {path}: {source}")]
+    ReportDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The metrics exporter could not bind its address.
+    #[error("metrics exporter cannot listen on {addr}: {source}")]
+    ExporterBind {
+        /// The address asked for.
+        addr: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A metric could not be registered (usually a name clash in the registry).
+    #[error("metrics registration failed: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// Preparing stack capture failed (signal handler, module list).
+    #[error("stack capture setup failed: {0}")]
+    Capture(String),
+}
+
+/// `Result` with loopwatch's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,60 @@
+//! loopwatch: a stuck-event-loop detector for tokio daemons.
+//!
+//! A service that crashes gets restarted. A service whose event loop is
+//! stuck — a blocking call inside an async task, a lock-order deadlock, a
+//! spin — keeps its process alive, answers nothing, and a heartbeat sent
+//! from a timer in another task may even keep systemd believing it is fine.
+//! loopwatch watches the loop from a thread of its own:
+//!
+//! * a **probe** task on each watched runtime is woken by the monitor and
+//!   stamps when it was polled; the difference is the loop's lag, in µs;
+//! * the **monitor** thread forwards systemd's `WATCHDOG=1` only while
+//!   every runtime answers within the stall threshold, and says in the log,
+//!   in `STATUS=` and to your callback when a loop stalls and recovers.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let watchdog = loopwatch::Watchdog::builder()
+//!         .stall_threshold(Duration::from_millis(500))
+//!         .watch("main", tokio::runtime::Handle::current())
+//!         .on_stall(|event| eprintln!("{event:?}"))
+//!         .start()?;
+//!     watchdog.ready()?;
+//!     // ... run the daemon ...
+//!     watchdog.shutdown();
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Under systemd use `Type=notify`, `NotifyAccess=main` and `WatchdogSec=`;
+//! the threshold then defaults to a quarter of `WatchdogSec=`.
+#![deny(missing_docs)]
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+mod builder;
+mod clock;
+mod error;
+#[allow(dead_code)]
+mod exporter;
+mod health;
+#[allow(dead_code)]
+mod metrics;
+mod monitor;
+mod notify;
+mod probe;
+#[allow(dead_code)]
+mod procfs;
+#[allow(dead_code)]
+mod stacks;
+mod status;
+mod watchdog;
+
+pub use builder::{Builder, DEFAULT_PROBE_INTERVAL, DEFAULT_STALL_THRESHOLD};
+pub use error::{Error, Result};
+pub use status::{LoopState, RuntimeStatus, StallEvent, Status};
+pub use watchdog::Watchdog;

@@ -1,0 +1,401 @@
+//! The monitor thread: probes, decides, pings.
+//!
+//! One OS thread per [`Watchdog`](crate::Watchdog), independent of every
+//! tokio runtime. On each tick it reads every probe (atomics only: it never
+//! waits on a runtime), feeds the readings to the per-runtime state machines,
+//! sends the next probe wakes, and forwards `WATCHDOG=1` to systemd every
+//! quarter of the watchdog interval while, and only while, every runtime is
+//! healthy. Transitions are said in the log, in `STATUS=` and to the
+//! application's `on_stall` callback.
+//!
+//! The thread sleeps until the next thing it has to do: the next probe, the
+//! moment an outstanding probe would cross the threshold, or the next ping.
+//! A wake-up much later than planned means the monitor itself was not
+//! scheduled (process stopped, VM frozen, CPU throttled); such gaps are
+//! remembered so that they are not blamed on the application.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use tokio::runtime::Handle;
+
+use crate::builder::{Settings, StallCallback};
+use crate::clock::{self, micros, us};
+use crate::health::{LoopTracker, Transition};
+use crate::notify::{Notifier, NotifyState};
+use crate::probe::{self, ProbeReading, ProbeShared};
+use crate::status::{human, LoopState, RuntimeStatus, StallEvent, Status};
+
+/// How many of its own scheduling gaps the monitor remembers.
+const GAPS_KEPT: usize = 32;
+
+/// State shared between the monitor thread and the [`Watchdog`](crate::Watchdog) handle.
+pub(crate) struct Shared {
+    pub settings: Arc<Settings>,
+    pub status: Mutex<Status>,
+    pub stop: AtomicBool,
+    /// Where notify messages go, when this watchdog talks to systemd.
+    pub notifier: Option<Notifier>,
+}
+
+impl Shared {
+    /// Sends `states` to systemd when this watchdog talks to it.
+    pub(crate) fn notify(&self, states: &[NotifyState<'_>]) -> std::io::Result<bool> {
+        match &self.notifier {
+            Some(n) => n.send(states).map(|()| true),
+            None => Ok(false),
+        }
+    }
+}
+
+/// One watched runtime.
+pub(crate) struct Watched {
+    pub name: String,
+    pub probe: Arc<ProbeShared>,
+    pub tracker: LoopTracker,
+    /// Kept for the runtime's metrics; never blocked on.
+    #[allow(dead_code)]
+    pub handle: Handle,
+}
+
+/// A stretch of time during which the monitor thread was not running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MonitorGap {
+    pub from: u64,
+    pub to: u64,
+}
+
+/// The monitor thread's state.
+pub(crate) struct Monitor {
+    shared: Arc<Shared>,
+    loops: Vec<Watched>,
+    on_stall: Option<StallCallback>,
+    threshold: u64,
+    interval: u64,
+    ping_every: Option<u64>,
+    last_ping: Option<u64>,
+    last_suppressed: Option<u64>,
+    gaps: VecDeque<MonitorGap>,
+    pings_sent: u64,
+    pings_suppressed: u64,
+    pings_failed: u64,
+    notify_failure_logged: bool,
+    callback_panics: u64,
+}
+
+impl Monitor {
+    /// Spawns a probe on every runtime and prepares the state.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        runtimes: Vec<(String, Handle)>,
+        on_stall: Option<StallCallback>,
+    ) -> Monitor {
+        let s = shared.settings.clone();
+        let now = clock::now_us();
+        let loops = runtimes
+            .into_iter()
+            .map(|(name, handle)| Watched {
+                probe: probe::spawn(&handle, now),
+                name,
+                tracker: LoopTracker::default(),
+                handle,
+            })
+            .collect();
+        let pings = shared.notifier.is_some();
+        Monitor {
+            loops,
+            on_stall,
+            threshold: micros(s.threshold),
+            interval: micros(s.probe_interval),
+            ping_every: s.watchdog.filter(|_| pings).map(|w| micros(w / 4)),
+            last_ping: None,
+            last_suppressed: None,
+            gaps: VecDeque::with_capacity(GAPS_KEPT),
+            pings_sent: 0,
+            pings_suppressed: 0,
+            pings_failed: 0,
+            notify_failure_logged: false,
+            callback_panics: 0,
+            shared,
+        }
+    }
+
+    /// The thread's body: tick until asked to stop.
+    pub(crate) fn run(mut self) {
+        let mut planned = clock::now_us();
+        while !self.shared.stop.load(Ordering::Acquire) {
+            let now = clock::now_us();
+            self.note_gap(planned, now);
+            self.tick(now);
+            planned = self.next_wake(now);
+            let now = clock::now_us();
+            if planned > now {
+                std::thread::park_timeout(us(planned - now));
+            }
+        }
+        tracing::debug!("loopwatch monitor stopped");
+    }
+
+    fn note_gap(&mut self, planned: u64, now: u64) {
+        // A wake-up later than half the threshold past its plan: the monitor
+        // itself was not running.
+        let slack = (self.threshold / 2).max(20_000);
+        if now > planned + slack {
+            if self.gaps.len() == GAPS_KEPT {
+                self.gaps.pop_front();
+            }
+            self.gaps.push_back(MonitorGap {
+                from: planned,
+                to: now,
+            });
+            tracing::warn!(
+                late = %human(us(now - planned)),
+                "loopwatch monitor thread was not scheduled on time (process stopped, VM paused or CPU throttled?)"
+            );
+        }
+    }
+
+    /// One pass: read probes, decide, ping, publish the status.
+    pub(crate) fn tick(&mut self, now: u64) {
+        let mut events = Vec::new();
+        for (i, w) in self.loops.iter_mut().enumerate() {
+            let reading = w.probe.read();
+            for t in w.tracker.observe(reading, now, self.threshold) {
+                events.push((i, t));
+            }
+            if let ProbeReading::Answered { woken_at, .. } = reading {
+                if now >= woken_at + self.interval {
+                    w.probe.wake(now);
+                }
+            }
+        }
+        for (i, t) in events {
+            self.on_transition(i, t, now);
+        }
+        self.maybe_ping(now);
+        self.publish();
+    }
+
+    fn on_transition(&mut self, i: usize, t: Transition, now: u64) {
+        let name = self.loops[i].name.clone();
+        match t {
+            Transition::StallStarted(track) => {
+                let lag = us(now.saturating_sub(track.started_at).max(track.max_lag));
+                tracing::warn!(
+                    runtime = %name,
+                    lag = %human(lag),
+                    threshold = %human(us(self.threshold)),
+                    "event loop {name:?} stalled: probe unanswered for {}",
+                    human(lag)
+                );
+                self.send_status(now);
+                self.callback(StallEvent::Started {
+                    runtime: name,
+                    lag,
+                    threshold: us(self.threshold),
+                    detected_at: SystemTime::now(),
+                    report: None,
+                });
+            }
+            Transition::StallEnded { duration, .. } => {
+                tracing::warn!(
+                    runtime = %name,
+                    duration = %human(us(duration)),
+                    "event loop {name:?} recovered after {}",
+                    human(us(duration))
+                );
+                self.callback(StallEvent::Ended {
+                    runtime: name,
+                    duration: us(duration),
+                    report: None,
+                });
+            }
+            Transition::Gone => {
+                if !self.shared.stop.load(Ordering::Acquire) {
+                    tracing::warn!(
+                        runtime = %name,
+                        "watched runtime {name:?} was shut down while loopwatch still watches it; \
+                         watchdog pings stop"
+                    );
+                    let _ = self.shared.notify(&[NotifyState::Status(&format!(
+                        "event loop {name:?} is gone (runtime shut down)"
+                    ))]);
+                }
+            }
+        }
+    }
+
+    fn callback(&mut self, event: StallEvent) {
+        let Some(cb) = &self.on_stall else { return };
+        if catch_unwind(AssertUnwindSafe(|| cb(&event))).is_err() {
+            self.callback_panics += 1;
+            tracing::error!(
+                panics = self.callback_panics,
+                "the on_stall callback panicked; loopwatch caught it and keeps watching"
+            );
+        }
+    }
+
+    fn all_healthy(&self) -> bool {
+        self.loops.iter().all(|w| w.tracker.state.is_healthy())
+    }
+
+    /// The `STATUS=` text for the current state.
+    pub(crate) fn status_line(&self, now: u64) -> String {
+        let stalled: Vec<String> = self
+            .loops
+            .iter()
+            .filter_map(|w| {
+                let s = w.tracker.stall?;
+                Some(format!(
+                    "event loop {:?} stalled for {}",
+                    w.name,
+                    human(us(now.saturating_sub(s.started_at)))
+                ))
+            })
+            .collect();
+        if !stalled.is_empty() {
+            return stalled.join("; ");
+        }
+        let gone: Vec<String> = self
+            .loops
+            .iter()
+            .filter(|w| w.tracker.state == LoopState::Gone)
+            .map(|w| format!("event loop {:?} is gone", w.name))
+            .collect();
+        if !gone.is_empty() {
+            return gone.join("; ");
+        }
+        let lag = self.loops.iter().map(|w| w.tracker.lag).max().unwrap_or(0);
+        if self.loops.len() == 1 {
+            format!("event loop healthy, lag {}", human(us(lag)))
+        } else {
+            format!("event loops healthy, max lag {}", human(us(lag)))
+        }
+    }
+
+    fn send_status(&mut self, now: u64) {
+        let line = self.status_line(now);
+        if let Err(e) = self.shared.notify(&[NotifyState::Status(&line)]) {
+            self.notify_failed(&e);
+        }
+    }
+
+    fn notify_failed(&mut self, e: &std::io::Error) {
+        if !self.notify_failure_logged {
+            self.notify_failure_logged = true;
+            tracing::error!(error = %e, "loopwatch cannot reach systemd's notify socket; will keep trying");
+        }
+    }
+
+    fn maybe_ping(&mut self, now: u64) {
+        let Some(every) = self.ping_every else { return };
+        let due = |last: Option<u64>| last.is_none_or(|t| now >= t + every);
+        if self.all_healthy() {
+            if !due(self.last_ping) && self.last_suppressed.is_none() {
+                return;
+            }
+            let line = self.status_line(now);
+            match self
+                .shared
+                .notify(&[NotifyState::Watchdog, NotifyState::Status(&line)])
+            {
+                Ok(_) => {
+                    self.pings_sent += 1;
+                    if self.notify_failure_logged {
+                        tracing::info!("loopwatch reaches systemd's notify socket again");
+                        self.notify_failure_logged = false;
+                    }
+                }
+                Err(e) => {
+                    self.pings_failed += 1;
+                    self.notify_failed(&e);
+                }
+            }
+            // A failed ping is retried on the next period, not every tick.
+            self.last_ping = Some(now);
+            self.last_suppressed = None;
+        } else if due(self.last_ping) && due(self.last_suppressed) {
+            self.pings_suppressed += 1;
+            self.last_suppressed = Some(now);
+            self.send_status(now);
+        }
+    }
+
+    /// When the monitor next has something to do.
+    fn next_wake(&self, now: u64) -> u64 {
+        let mut next = now + self.interval;
+        for w in &self.loops {
+            let at = match w.probe.read() {
+                ProbeReading::Answered { woken_at, .. } => woken_at + self.interval,
+                ProbeReading::Waiting { woken_at } if w.tracker.stall.is_none() => {
+                    woken_at + self.threshold + 1
+                }
+                _ => continue,
+            };
+            next = next.min(at);
+        }
+        if let (Some(every), Some(last)) = (self.ping_every, self.last_ping) {
+            next = next.min(last + every);
+        }
+        next.max(now + 100)
+    }
+
+    fn publish(&self) {
+        let now = clock::now_us();
+        let runtimes = self
+            .loops
+            .iter()
+            .map(|w| RuntimeStatus {
+                name: w.name.clone(),
+                state: w.tracker.state,
+                lag: us(w.tracker.lag),
+                stalled_for: w.tracker.stall.map(|s| us(now.saturating_sub(s.started_at))),
+                stalls: w.tracker.stalls,
+            })
+            .collect();
+        let mut st = self.shared.status.lock();
+        st.runtimes = runtimes;
+        st.healthy = self.all_healthy();
+        st.last_ping = self.last_ping.map(clock::instant_of);
+        st.pings_sent = self.pings_sent;
+        st.pings_suppressed = self.pings_suppressed;
+        st.pings_failed = self.pings_failed;
+        st.callback_panics = self.callback_panics;
+    }
+
+    /// The monitor's own scheduling gaps, oldest first.
+    #[allow(dead_code)]
+    pub(crate) fn gaps(&self) -> impl Iterator<Item = &MonitorGap> {
+        self.gaps.iter()
+    }
+}
+
+/// The initial status, before the first tick.
+pub(crate) fn initial_status(settings: &Settings, names: &[String], pings: bool) -> Status {
+    Status {
+        runtimes: names
+            .iter()
+            .map(|n| RuntimeStatus {
+                name: n.clone(),
+                state: LoopState::Healthy,
+                lag: Duration::ZERO,
+                stalled_for: None,
+                stalls: 0,
+            })
+            .collect(),
+        healthy: true,
+        watchdog_interval: settings.watchdog,
+        stall_threshold: settings.threshold,
+        pings_enabled: pings && settings.watchdog.is_some(),
+        last_ping: None,
+        pings_sent: 0,
+        pings_suppressed: 0,
+        pings_failed: 0,
+        callback_panics: 0,
+    }
+}

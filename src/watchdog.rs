@@ -1,0 +1,193 @@
+//! The [`Watchdog`] handle the application keeps.
+//!
+//! It owns the monitor thread: [`Watchdog::ready`] tells systemd the daemon
+//! is up, [`Watchdog::status`] returns the monitor's latest view, and
+//! [`Watchdog::shutdown`] sends `STOPPING=1` and joins the thread. Dropping
+//! the handle stops the monitor too, without `STOPPING=1`.
+//!
+//! Only one watchdog per process talks to systemd: the first one started
+//! while a notify socket is configured. Others still detect stalls and say so
+//! in the log, but send nothing, so two monitors can never ping for a loop
+//! that only one of them watches.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
+
+use crate::builder::{Builder, Settings};
+use crate::error::{Error, Result};
+use crate::monitor::{initial_status, Monitor, Shared};
+use crate::notify::{Notifier, NotifyState};
+use crate::status::Status;
+
+/// True while some watchdog in this process owns systemd's notify socket.
+static NOTIFY_OWNED: AtomicBool = AtomicBool::new(false);
+
+/// A running stall detector. See the [crate docs](crate) for a tour.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), loopwatch::Error> {
+/// let watchdog = loopwatch::Watchdog::builder()
+///     .watch("main", tokio::runtime::Handle::current())
+///     .start()?;
+/// watchdog.ready()?;
+/// println!("healthy: {}", watchdog.status().healthy);
+/// watchdog.shutdown();
+/// # Ok(()) }
+/// ```
+pub struct Watchdog {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    owns_notify: bool,
+}
+
+impl std::fmt::Debug for Watchdog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watchdog")
+            .field("status", &*self.shared.status.lock())
+            .finish()
+    }
+}
+
+impl Watchdog {
+    /// A [`Builder`] with every default.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    pub(crate) fn start(builder: Builder, settings: Arc<Settings>) -> Result<Watchdog> {
+        let (notifier, owns_notify) = claim_notifier(&settings);
+        let names: Vec<String> = builder.runtimes.iter().map(|(n, _)| n.clone()).collect();
+        let shared = Arc::new(Shared {
+            status: Mutex::new(initial_status(&settings, &names, notifier.is_some())),
+            stop: AtomicBool::new(false),
+            notifier,
+            settings: settings.clone(),
+        });
+        let monitor = Monitor::new(shared.clone(), builder.runtimes, builder.on_stall);
+        let thread = std::thread::Builder::new()
+            .name("loopwatch-monitor".into())
+            .spawn(move || monitor.run())
+            .map_err(|source| {
+                if owns_notify {
+                    NOTIFY_OWNED.store(false, Ordering::Release);
+                }
+                Error::SpawnThread {
+                    thread: "loopwatch-monitor",
+                    source,
+                }
+            })?;
+        tracing::info!(
+            runtimes = ?names,
+            threshold = ?settings.threshold,
+            probe_interval = ?settings.probe_interval,
+            watchdog = ?settings.watchdog,
+            pings = shared.notifier.is_some() && settings.watchdog.is_some(),
+            "loopwatch started"
+        );
+        Ok(Watchdog {
+            shared,
+            thread: Some(thread),
+            owns_notify,
+        })
+    }
+
+    /// Tells systemd the daemon is ready (`READY=1`). Call it once the
+    /// daemon serves. Without a notify socket it does nothing.
+    ///
+    /// # Errors
+    /// [`Error::Notify`] when the socket exists but the message could not be sent.
+    pub fn ready(&self) -> Result<()> {
+        let line = format!(
+            "ready; watching {} event loop(s)",
+            self.shared.status.lock().runtimes.len()
+        );
+        match self
+            .shared
+            .notify(&[NotifyState::Ready, NotifyState::Status(&line)])
+        {
+            Ok(sent) => {
+                tracing::debug!(sent, "loopwatch: READY=1");
+                Ok(())
+            }
+            Err(e) => Err(Error::Notify(e)),
+        }
+    }
+
+    /// The monitor's view as of its last tick.
+    pub fn status(&self) -> Status {
+        self.shared.status.lock().clone()
+    }
+
+    /// Sends `STOPPING=1` and stops the monitor thread.
+    pub fn shutdown(mut self) {
+        if let Err(e) = self.shared.notify(&[
+            NotifyState::Stopping,
+            NotifyState::Status("stopping"),
+        ]) {
+            tracing::warn!(error = %e, "loopwatch could not send STOPPING=1");
+        }
+        self.stop();
+        tracing::info!("loopwatch shut down");
+    }
+
+    fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            if t.join().is_err() {
+                tracing::error!("loopwatch monitor thread panicked");
+            }
+        }
+        if self.owns_notify {
+            self.owns_notify = false;
+            NOTIFY_OWNED.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Decides whether this watchdog talks to systemd, and claims the right.
+fn claim_notifier(settings: &Settings) -> (Option<Notifier>, bool) {
+    let env = &settings.env;
+    let Some(socket) = &env.socket else {
+        tracing::info!(
+            "no NOTIFY_SOCKET: loopwatch detects stalls but sends no watchdog pings (not under systemd)"
+        );
+        return (None, false);
+    };
+    if env.is_foreign(settings.pid) {
+        tracing::info!(
+            watchdog_pid = ?env.watchdog_pid,
+            pid = settings.pid,
+            "WATCHDOG_PID names another process: this one is not the service's main process, \
+             so loopwatch sends systemd nothing"
+        );
+        return (None, false);
+    }
+    if NOTIFY_OWNED
+        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        tracing::warn!(
+            "another loopwatch Watchdog already talks to systemd in this process; \
+             this one detects stalls but sends no notifications"
+        );
+        return (None, false);
+    }
+    match Notifier::new(socket) {
+        Ok(n) => (Some(n), true),
+        Err(e) => {
+            NOTIFY_OWNED.store(false, Ordering::Release);
+            tracing::error!(error = %e, socket = ?socket, "unusable NOTIFY_SOCKET; loopwatch sends no notifications");
+            (None, false)
+        }
+    }
+}
