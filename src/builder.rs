@@ -203,7 +203,9 @@ mod tests {
     use super::*;
 
     fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().build().unwrap()
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
     }
 
     fn wd_env(usec: u64) -> SystemdEnv {
@@ -238,30 +240,59 @@ mod tests {
                 .stall_threshold(Duration::from_secs(3)),
             wd_env(3_000_000),
         );
-        assert!(matches!(e, Err(Error::ThresholdNotBelowWatchdog { .. })), "{e:?}");
+        assert!(
+            matches!(e, Err(Error::ThresholdNotBelowWatchdog { .. })),
+            "{e:?}"
+        );
         let e = Settings::resolve(
-            &Builder::new().watch("m", h()).probe_interval(Duration::ZERO),
+            &Builder::new()
+                .watch("m", h())
+                .probe_interval(Duration::ZERO),
             SystemdEnv::default(),
         );
-        assert!(matches!(e, Err(Error::ZeroDuration { setting: "probe_interval" })), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                Err(Error::ZeroDuration {
+                    setting: "probe_interval"
+                })
+            ),
+            "{e:?}"
+        );
         let e = Settings::resolve(
-            &Builder::new().watch("m", h()).stall_threshold(Duration::ZERO),
+            &Builder::new()
+                .watch("m", h())
+                .stall_threshold(Duration::ZERO),
             SystemdEnv::default(),
         );
-        assert!(matches!(e, Err(Error::ZeroDuration { setting: "stall_threshold" })), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                Err(Error::ZeroDuration {
+                    setting: "stall_threshold"
+                })
+            ),
+            "{e:?}"
+        );
         let e = Settings::resolve(
             &Builder::new()
                 .watch("m", h())
                 .probe_interval(Duration::from_secs(2)),
             SystemdEnv::default(),
         );
-        assert!(matches!(e, Err(Error::ProbeIntervalNotBelowThreshold { .. })), "{e:?}");
+        assert!(
+            matches!(e, Err(Error::ProbeIntervalNotBelowThreshold { .. })),
+            "{e:?}"
+        );
         let e = Settings::resolve(&Builder::new(), SystemdEnv::default());
         assert!(matches!(e, Err(Error::NoRuntime)), "{e:?}");
         let e = Settings::resolve(
             &Builder::new().watch("m", h()).watch("m", h()),
             SystemdEnv::default(),
         );
-        assert!(matches!(e, Err(Error::DuplicateRuntimeName { .. })), "{e:?}");
+        assert!(
+            matches!(e, Err(Error::DuplicateRuntimeName { .. })),
+            "{e:?}"
+        );
     }
 }

@@ -46,7 +46,11 @@ mod tests {
         let a = now_us();
         std::thread::sleep(Duration::from_millis(5));
         let b = now_us();
-        assert!(b >= a + 5_000, "clock advanced only {} µs over a 5 ms sleep", b - a);
+        assert!(
+            b >= a + 5_000,
+            "clock advanced only {} µs over a 5 ms sleep",
+            b - a
+        );
         assert!(instant_of(b) >= instant_of(a));
     }
 }

@@ -95,7 +95,9 @@ impl LoopTracker {
             self.record(answered_at, lag);
         }
         let woken_at = match reading {
-            ProbeReading::Answered { woken_at, .. } | ProbeReading::Waiting { woken_at } => woken_at,
+            ProbeReading::Answered { woken_at, .. } | ProbeReading::Waiting { woken_at } => {
+                woken_at
+            }
             ProbeReading::Gone => unreachable!("handled above"),
         };
         if self.stall.is_none() && lag > threshold {
@@ -188,7 +190,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(t.state, LoopState::Recovered);
-        assert!(t.observe(answered(1_100_000, 1_100_050), 1_200_000, T).is_empty());
+        assert!(t
+            .observe(answered(1_100_000, 1_100_050), 1_200_000, T)
+            .is_empty());
         assert_eq!(t.state, LoopState::Healthy);
         assert_eq!(t.stalls, 1);
     }
@@ -198,7 +202,13 @@ mod tests {
         let mut t = LoopTracker::default();
         let tr = t.observe(answered(0, 800_000), 900_000, T);
         assert!(matches!(tr[0], Transition::StallStarted(_)));
-        assert!(matches!(tr[1], Transition::StallEnded { duration: 800_000, .. }));
+        assert!(matches!(
+            tr[1],
+            Transition::StallEnded {
+                duration: 800_000,
+                ..
+            }
+        ));
         assert_eq!(tr.len(), 2);
     }
 
@@ -218,6 +228,9 @@ mod tests {
             t.observe(answered(i * 10, i * 10 + 1), i * 10 + 2, T);
         }
         assert_eq!(t.timeline.len(), TIMELINE_LEN);
-        assert_eq!(t.timeline.back().unwrap().0, (TIMELINE_LEN as u64 + 49) * 10 + 1);
+        assert_eq!(
+            t.timeline.back().unwrap().0,
+            (TIMELINE_LEN as u64 + 49) * 10 + 1
+        );
     }
 }

@@ -354,7 +354,10 @@ impl Monitor {
                 name: w.name.clone(),
                 state: w.tracker.state,
                 lag: us(w.tracker.lag),
-                stalled_for: w.tracker.stall.map(|s| us(now.saturating_sub(s.started_at))),
+                stalled_for: w
+                    .tracker
+                    .stall
+                    .map(|s| us(now.saturating_sub(s.started_at))),
                 stalls: w.tracker.stalls,
             })
             .collect();

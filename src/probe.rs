@@ -169,7 +169,9 @@ mod tests {
     #[test]
     fn unanswered_lag_grows_with_the_clock() {
         // A current_thread runtime that is never driven never polls the probe.
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let t0 = clock::now_us();
         let p = spawn(rt.handle(), t0);
         let r = p.read();

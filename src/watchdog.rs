@@ -123,10 +123,10 @@ impl Watchdog {
 
     /// Sends `STOPPING=1` and stops the monitor thread.
     pub fn shutdown(mut self) {
-        if let Err(e) = self.shared.notify(&[
-            NotifyState::Stopping,
-            NotifyState::Status("stopping"),
-        ]) {
+        if let Err(e) = self
+            .shared
+            .notify(&[NotifyState::Stopping, NotifyState::Status("stopping")])
+        {
             tracing::warn!(error = %e, "loopwatch could not send STOPPING=1");
         }
         self.stop();

@@ -1,0 +1,478 @@
+//! loopwatch demo: a small loopback echo service whose event loop you can
+//! break on purpose, to watch loopwatch notice.
+//!
+//! The service runs on a **current_thread** tokio runtime: one thread runs
+//! every task, so a blocking call inside any task stops the whole loop and
+//! the probe sees it. (One blocked worker of a multi_thread runtime, while
+//! the others still answer the probe, is the per-worker detector's job.)
+//!
+//! ```text
+//! cargo run --example demo -- --stall-after 2 --stall-kind sleep --stall-for 3
+//! ```
+//!
+//! Stall kinds, each a named function so a stack points at it:
+//! `sleep` (`stall_sleep`: std::thread::sleep inside a task), `spin`
+//! (`stall_spin`: a CPU loop), `mutex` (`stall_mutex`: waiting for a
+//! std::sync::Mutex another thread holds), `deadlock` (`stall_deadlock`: a
+//! real lock-order deadlock between the loop and a worker thread; lasts
+//! forever), `parking-lot-deadlock` (`stall_parking_lot_deadlock`: the same
+//! with parking_lot mutexes).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use loopwatch::{StallEvent, Watchdog};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StallKind {
+    /// std::thread::sleep inside an async task.
+    Sleep,
+    /// A busy CPU loop inside an async task.
+    Spin,
+    /// Waiting inside a task for a std Mutex that another thread holds.
+    Mutex,
+    /// A lock-order deadlock between the loop and a worker thread (forever).
+    Deadlock,
+    /// The same deadlock with parking_lot mutexes (forever).
+    ParkingLotDeadlock,
+}
+
+/// How long a stall lasts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum StallFor {
+    Secs(f64),
+    Forever,
+}
+
+fn parse_stall_for(s: &str) -> Result<StallFor, String> {
+    if s == "forever" {
+        return Ok(StallFor::Forever);
+    }
+    match s.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok(StallFor::Secs(v)),
+        _ => Err(format!(
+            "{s:?} is neither a number of seconds nor \"forever\""
+        )),
+    }
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds")),
+    }
+}
+
+/// A loopback echo service with loopwatch watching its event loop.
+#[derive(Debug, Parser)]
+#[command(name = "demo", version, about)]
+struct Args {
+    /// Inject a stall this many seconds after start.
+    #[arg(long, value_parser = parse_secs)]
+    stall_after: Option<f64>,
+    /// What the stalling task does.
+    #[arg(long, value_enum, default_value = "sleep")]
+    stall_kind: StallKind,
+    /// How long the stall lasts: seconds, or "forever".
+    #[arg(long, value_parser = parse_stall_for, default_value = "5")]
+    stall_for: StallFor,
+    /// Write stall reports to this directory.
+    #[arg(long)]
+    report_dir: Option<PathBuf>,
+    /// Serve /metrics and /healthz on this address (e.g. 127.0.0.1:9184).
+    #[arg(long)]
+    metrics_addr: Option<String>,
+    /// Stall threshold in milliseconds (default: WatchdogSec/4 under systemd, else 1000).
+    #[arg(long)]
+    threshold_ms: Option<u64>,
+    /// Probe interval in milliseconds (default: threshold/4, at most 100).
+    #[arg(long)]
+    probe_interval_ms: Option<u64>,
+    /// Address of the echo service.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Send READY=1 only after this many seconds.
+    #[arg(long, value_parser = parse_secs, default_value = "0")]
+    ready_after: f64,
+    /// Shut down cleanly (STOPPING=1, exit 0) after this many seconds.
+    #[arg(long, value_parser = parse_secs)]
+    exit_after: Option<f64>,
+    /// Run client tasks that keep the echo service busy.
+    #[arg(long)]
+    load: bool,
+    /// Start a copy of this program as a child that inherits the environment.
+    #[arg(long)]
+    spawn_child: bool,
+    /// Internal: run as the child started by --spawn-child.
+    #[arg(long, hide = true)]
+    child: bool,
+}
+
+fn say(line: impl AsRef<str>) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "demo: {}", line.as_ref());
+    let _ = out.flush();
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            say(format!("cannot build the tokio runtime: {e}"));
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            say(format!("error: {e}"));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let role = if args.child { "child" } else { "main" };
+    let mut builder = Watchdog::builder()
+        .watch(role, tokio::runtime::Handle::current())
+        .on_stall(print_event);
+    if let Some(ms) = args.threshold_ms {
+        builder = builder.stall_threshold(Duration::from_millis(ms));
+    }
+    if let Some(ms) = args.probe_interval_ms {
+        builder = builder.probe_interval(Duration::from_millis(ms));
+    }
+    builder = configure_outputs(builder, &args);
+    let watchdog = builder.start()?;
+    let st = watchdog.status();
+    say(format!(
+        "pid {}: loopwatch watches this current_thread runtime; stall threshold {:?}, systemd watchdog {}",
+        std::process::id(),
+        st.stall_threshold,
+        match (st.watchdog_interval, st.pings_enabled) {
+            (Some(w), true) => format!("{w:?} (pings on)"),
+            (Some(w), false) => format!("{w:?} (pings off: not the main process)"),
+            (None, _) => "off".to_string(),
+        }
+    ));
+
+    let listener = TcpListener::bind(args.listen).await?;
+    let addr = listener.local_addr()?;
+    say(format!("echo service listening on {addr}"));
+    tokio::spawn(serve(listener));
+    tokio::spawn(housekeeping());
+    if args.load {
+        for i in 0..4 {
+            tokio::spawn(client_load(addr, i));
+        }
+        say("4 load clients running against the echo service");
+    }
+    let _child = if args.spawn_child {
+        Some(spawn_child()?)
+    } else {
+        None
+    };
+    if args.child {
+        tokio::spawn(exit_when_orphaned());
+    }
+
+    if args.ready_after > 0.0 {
+        say(format!("READY=1 in {} s", args.ready_after));
+        tokio::time::sleep(Duration::from_secs_f64(args.ready_after)).await;
+    }
+    watchdog.ready()?;
+    say("ready");
+
+    if let Some(after) = args.stall_after {
+        let (kind, dur) = (args.stall_kind, args.stall_for);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs_f64(after)).await;
+            handle_request_with_bug(kind, dur);
+        });
+    }
+
+    let exit_after = async {
+        match args.exit_after {
+            Some(s) => tokio::time::sleep(Duration::from_secs_f64(s)).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = exit_after => say("exit-after reached"),
+        _ = shutdown_signal() => say("signal received"),
+    }
+    say("shutting down (STOPPING=1)");
+    watchdog.shutdown();
+    Ok(())
+}
+
+/// Report directory and metrics address, when the library supports them.
+fn configure_outputs(builder: loopwatch::Builder, args: &Args) -> loopwatch::Builder {
+    if args.report_dir.is_some() || args.metrics_addr.is_some() {
+        say("note: --report-dir and --metrics-addr are accepted; reports and metrics come with later loopwatch features");
+    }
+    builder
+}
+
+fn print_event(event: &StallEvent) {
+    match event {
+        StallEvent::Started {
+            runtime,
+            lag,
+            threshold,
+            report,
+            ..
+        } => {
+            say(format!(
+                "loopwatch: event loop {runtime:?} STALLED: probe unanswered for {} ms (threshold {} ms); watchdog pings suspended",
+                lag.as_millis(),
+                threshold.as_millis()
+            ));
+            if let Some(p) = report {
+                say(format!(
+                    "loopwatch: stall report written to {}",
+                    p.display()
+                ));
+            }
+        }
+        StallEvent::Ended {
+            runtime,
+            duration,
+            report,
+            ..
+        } => {
+            say(format!(
+                "loopwatch: event loop {runtime:?} RECOVERED after {:.2} s; watchdog pings resume",
+                duration.as_secs_f64()
+            ));
+            if let Some(p) = report {
+                say(format!(
+                    "loopwatch: stall report completed at {}",
+                    p.display()
+                ));
+            }
+        }
+        other => say(format!("loopwatch: {other:?}")),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+async fn serve(listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(echo(stream));
+            }
+            Err(e) => {
+                say(format!("accept failed: {e}"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn echo(mut stream: TcpStream) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn client_load(addr: SocketAddr, id: usize) {
+    let msg = format!("hello from client {id}\n");
+    loop {
+        let Ok(mut s) = TcpStream::connect(addr).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let mut buf = vec![0u8; msg.len()];
+        for _ in 0..100 {
+            if s.write_all(msg.as_bytes()).await.is_err() || s.read_exact(&mut buf).await.is_err() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+async fn housekeeping() {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut cache: Vec<u64> = Vec::new();
+    loop {
+        tick.tick().await;
+        cache.push(cache.len() as u64);
+        cache.truncate(64);
+    }
+}
+
+async fn exit_when_orphaned() {
+    let parent = std::os::unix::process::parent_id();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if std::os::unix::process::parent_id() != parent {
+            say("parent gone; child exits");
+            std::process::exit(0);
+        }
+    }
+}
+
+fn spawn_child() -> std::io::Result<std::process::Child> {
+    let exe = std::env::current_exe()?;
+    let child = std::process::Command::new(exe)
+        .arg("--child")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .spawn()?;
+    say(format!(
+        "spawned child pid {} with the same environment (it must never ping: WATCHDOG_PID is ours)",
+        child.id()
+    ));
+    Ok(child)
+}
+
+/// The bug: blocking code inside an async task.
+fn handle_request_with_bug(kind: StallKind, dur: StallFor) {
+    say(format!(
+        "injecting a stall: {kind:?} for {}",
+        match dur {
+            StallFor::Secs(s) => format!("{s} s"),
+            StallFor::Forever => "ever".into(),
+        }
+    ));
+    let d = match dur {
+        StallFor::Secs(s) => Some(Duration::from_secs_f64(s)),
+        StallFor::Forever => None,
+    };
+    match kind {
+        StallKind::Sleep => stall_sleep(d),
+        StallKind::Spin => stall_spin(d),
+        StallKind::Mutex => stall_mutex(d),
+        StallKind::Deadlock => stall_deadlock(),
+        StallKind::ParkingLotDeadlock => stall_parking_lot_deadlock(),
+    }
+    say("stall over: the event loop runs again");
+}
+
+/// Sleeps the event loop's thread: a blocking syscall inside a task.
+#[inline(never)]
+fn stall_sleep(d: Option<Duration>) {
+    match d {
+        Some(d) => std::thread::sleep(d),
+        None => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+    }
+}
+
+/// Spins on the CPU inside a task.
+#[inline(never)]
+fn stall_spin(d: Option<Duration>) {
+    let start = Instant::now();
+    let mut x: u64 = 0;
+    while d.is_none_or(|d| start.elapsed() < d) {
+        for i in 0..10_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        }
+    }
+    std::hint::black_box(x);
+}
+
+/// Waits inside a task for a std Mutex that another thread holds.
+#[inline(never)]
+fn stall_mutex(d: Option<Duration>) {
+    let lock = Arc::new(Mutex::new(0u64));
+    let held = Arc::new(Barrier::new(2));
+    let (l2, h2) = (lock.clone(), held.clone());
+    std::thread::Builder::new()
+        .name("demo-lock-holder".into())
+        .spawn(move || {
+            let _g = l2.lock().unwrap_or_else(|e| e.into_inner());
+            h2.wait();
+            match d {
+                Some(d) => std::thread::sleep(d),
+                None => loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                },
+            }
+        })
+        .expect("spawn lock holder");
+    held.wait();
+    let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
+    *g += 1;
+}
+
+/// A lock-order deadlock: the loop takes A then B, a worker thread B then A.
+#[inline(never)]
+fn stall_deadlock() {
+    let a = Arc::new(Mutex::new(()));
+    let b = Arc::new(Mutex::new(()));
+    let both = Arc::new(Barrier::new(2));
+    let (a2, b2, both2) = (a.clone(), b.clone(), both.clone());
+    std::thread::Builder::new()
+        .name("demo-worker".into())
+        .spawn(move || {
+            let _b = b2.lock().unwrap_or_else(|e| e.into_inner());
+            both2.wait();
+            let _a = a2.lock().unwrap_or_else(|e| e.into_inner());
+        })
+        .expect("spawn worker");
+    let _a = a.lock().unwrap_or_else(|e| e.into_inner());
+    both.wait();
+    let _b = b.lock().unwrap_or_else(|e| e.into_inner());
+}
+
+/// The same lock-order deadlock with parking_lot mutexes.
+#[inline(never)]
+fn stall_parking_lot_deadlock() {
+    let a = Arc::new(parking_lot::Mutex::new(()));
+    let b = Arc::new(parking_lot::Mutex::new(()));
+    let both = Arc::new(Barrier::new(2));
+    let (a2, b2, both2) = (a.clone(), b.clone(), both.clone());
+    std::thread::Builder::new()
+        .name("demo-pl-worker".into())
+        .spawn(move || {
+            let _b = b2.lock();
+            both2.wait();
+            let _a = a2.lock();
+        })
+        .expect("spawn worker");
+    let _a = a.lock();
+    both.wait();
+    let _b = b.lock();
+}

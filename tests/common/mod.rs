@@ -1,0 +1,133 @@
+//! Test support: running a scenario in a child process with its own
+//! environment, and a fake systemd notify socket that records datagrams.
+//!
+//! Environment variables are process-wide, and `cargo test` runs tests as
+//! threads of one process, so every test that needs `NOTIFY_SOCKET` or
+//! `WATCHDOG_*` re-runs its own test binary as a child with
+//! `LOOPWATCH_TEST_ROLE` set; the same test function then plays the child.
+#![allow(dead_code)]
+
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// The role this process plays, when it was started as a child.
+pub fn role() -> Option<String> {
+    std::env::var("LOOPWATCH_TEST_ROLE").ok()
+}
+
+/// Runs the test `test` of the current test binary as a child playing
+/// `role`, with `envs` set, and returns its output.
+pub fn run_child(test: &str, role: &str, envs: &[(&str, String)]) -> Output {
+    let exe = std::env::current_exe().expect("current test binary");
+    let mut cmd = Command::new(exe);
+    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env("LOOPWATCH_TEST_ROLE", role)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("spawn child test process")
+}
+
+/// Asserts that a child succeeded, showing its output if not.
+pub fn assert_child_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "child failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A fake `NOTIFY_SOCKET`: a datagram socket that records what arrives.
+pub struct NotifyListener {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+    sock: UnixDatagram,
+    pub start: Instant,
+}
+
+/// One datagram, with when it arrived (since the listener was made).
+#[derive(Debug, Clone)]
+pub struct Datagram {
+    pub at: Duration,
+    pub text: String,
+}
+
+impl Datagram {
+    pub fn has(&self, line: &str) -> bool {
+        self.text.lines().any(|l| l == line)
+    }
+    pub fn status(&self) -> Option<&str> {
+        self.text.lines().find_map(|l| l.strip_prefix("STATUS="))
+    }
+    pub fn marker(&self) -> Option<&str> {
+        self.text.lines().find_map(|l| l.strip_prefix("X_TEST="))
+    }
+}
+
+impl NotifyListener {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&path).expect("bind notify socket");
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        NotifyListener {
+            _dir: dir,
+            path,
+            sock,
+            start: Instant::now(),
+        }
+    }
+
+    pub fn env(&self) -> (&'static str, String) {
+        ("NOTIFY_SOCKET", self.path.display().to_string())
+    }
+
+    /// Runs `f` (which runs the child) on another thread while recording;
+    /// returns what `f` returned and every datagram, in order.
+    pub fn record<T: Send>(&self, f: impl FnOnce() -> T + Send) -> (T, Vec<Datagram>) {
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                let r = f();
+                done.store(true, std::sync::atomic::Ordering::Release);
+                r
+            });
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 4096];
+            loop {
+                match self.sock.recv(&mut buf) {
+                    Ok(n) => got.push(Datagram {
+                        at: self.start.elapsed(),
+                        text: String::from_utf8_lossy(&buf[..n]).into_owned(),
+                    }),
+                    Err(_) if done.load(std::sync::atomic::Ordering::Acquire) => break,
+                    Err(_) => {}
+                }
+            }
+            (h.join().expect("child runner"), got)
+        })
+    }
+}
+
+/// Sends a marker datagram `X_TEST=<what>` to the notify socket (from the
+/// child), so the parent sees it on the same timeline as loopwatch's messages.
+pub fn mark(what: &str) {
+    let path = std::env::var("NOTIFY_SOCKET").expect("NOTIFY_SOCKET in child");
+    let s = UnixDatagram::unbound().expect("socket");
+    s.send_to(format!("X_TEST={what}\n").as_bytes(), path)
+        .expect("send marker");
+}
+
+/// Blocks the calling thread (meant to be a runtime worker) for `d`.
+#[inline(never)]
+pub fn block_for(d: Duration) {
+    std::thread::sleep(d);
+}
