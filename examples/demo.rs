@@ -222,10 +222,13 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Report directory and metrics address, when the library supports them.
-fn configure_outputs(builder: loopwatch::Builder, args: &Args) -> loopwatch::Builder {
-    if args.report_dir.is_some() || args.metrics_addr.is_some() {
-        say("note: --report-dir and --metrics-addr are accepted; reports and metrics come with later loopwatch features");
+/// Report directory and metrics address.
+fn configure_outputs(mut builder: loopwatch::Builder, args: &Args) -> loopwatch::Builder {
+    if let Some(dir) = &args.report_dir {
+        builder = builder.report_dir(dir);
+    }
+    if args.metrics_addr.is_some() {
+        say("note: --metrics-addr is accepted; the exporter comes with a later loopwatch feature");
     }
     builder
 }

@@ -12,8 +12,11 @@ use std::time::Duration;
 
 use tokio::runtime::Handle;
 
+use crate::diagnostics::DiagnosticsConfig;
 use crate::error::{Error, Result};
 use crate::notify::SystemdEnv;
+use crate::report_store::{ReportDirSetting, DEFAULT_KEEP_REPORTS};
+use crate::stacks::CaptureConfig;
 use crate::status::StallEvent;
 use crate::watchdog::Watchdog;
 
@@ -48,6 +51,11 @@ pub struct Builder {
     pub(crate) probe_interval: Option<Duration>,
     pub(crate) runtimes: Vec<(String, Handle)>,
     pub(crate) on_stall: Option<StallCallback>,
+    pub(crate) report_dir: ReportDirSetting,
+    pub(crate) keep_reports: usize,
+    pub(crate) capture: Option<CaptureConfig>,
+    pub(crate) deadline_margin: Option<Duration>,
+    pub(crate) trigger_watchdog: bool,
 }
 
 impl fmt::Debug for Builder {
@@ -60,6 +68,11 @@ impl fmt::Debug for Builder {
                 &self.runtimes.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             )
             .field("on_stall", &self.on_stall.is_some())
+            .field("report_dir", &self.report_dir)
+            .field("keep_reports", &self.keep_reports)
+            .field("capture", &self.capture)
+            .field("deadline_margin", &self.deadline_margin)
+            .field("trigger_watchdog", &self.trigger_watchdog)
             .finish()
     }
 }
@@ -78,6 +91,11 @@ impl Builder {
             probe_interval: None,
             runtimes: Vec::new(),
             on_stall: None,
+            report_dir: ReportDirSetting::Default,
+            keep_reports: DEFAULT_KEEP_REPORTS,
+            capture: Some(CaptureConfig::default()),
+            deadline_margin: None,
+            trigger_watchdog: false,
         }
     }
 
@@ -119,6 +137,81 @@ impl Builder {
         self
     }
 
+    /// Writes stall reports (`stall-<id>.json` and `.txt`, mode 0600) into
+    /// `dir`, created with mode 0700 if missing.
+    ///
+    /// Default: `$STATE_DIRECTORY/loopwatch` or `$RUNTIME_DIRECTORY/loopwatch`
+    /// when systemd provides one (`StateDirectory=` in the unit), else no
+    /// files: the compact report goes to stderr (the journal, under systemd).
+    pub fn report_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.report_dir = ReportDirSetting::Dir(dir.into());
+        self
+    }
+
+    /// Writes no report files, whatever the environment says; compact
+    /// reports still go to stderr.
+    pub fn no_report_files(mut self) -> Self {
+        self.report_dir = ReportDirSetting::Disabled;
+        self
+    }
+
+    /// How many reports to keep in the report directory (default 20).
+    pub fn keep_reports(mut self, n: usize) -> Self {
+        self.keep_reports = n;
+        self
+    }
+
+    /// The real-time signal used to capture thread stacks (default
+    /// `SIGRTMIN+3`). [`start`](Self::start) refuses a signal the
+    /// application already handles.
+    pub fn capture_signal(mut self, signal: i32) -> Self {
+        if let Some(c) = &mut self.capture {
+            c.signal = signal;
+        }
+        self
+    }
+
+    /// How much of each thread's stack is copied (default 128 KiB; 16 KiB
+    /// to 1 MiB).
+    pub fn max_stack_bytes(mut self, bytes: usize) -> Self {
+        if let Some(c) = &mut self.capture {
+            c.max_stack_bytes = bytes;
+        }
+        self
+    }
+
+    /// How long to wait for one thread to answer the capture signal before
+    /// reporting it unresponsive (default 20 ms).
+    pub fn capture_timeout(mut self, timeout: Duration) -> Self {
+        if let Some(c) = &mut self.capture {
+            c.per_thread_timeout = timeout;
+        }
+        self
+    }
+
+    /// Turns stack capture off: reports then show `/proc` facts only and no
+    /// signal handler is installed.
+    pub fn no_stack_capture(mut self) -> Self {
+        self.capture = None;
+        self
+    }
+
+    /// How long before systemd's earliest deadline (last ping +
+    /// WatchdogSec) the final report must be on disk. Default: an eighth of
+    /// WatchdogSec, at least 100 ms.
+    pub fn deadline_margin(mut self, margin: Duration) -> Self {
+        self.deadline_margin = Some(margin);
+        self
+    }
+
+    /// After the last report before the deadline is written, send
+    /// `WATCHDOG=trigger` so systemd acts at once instead of waiting for
+    /// the deadline (off by default).
+    pub fn trigger_watchdog_after_report(mut self, on: bool) -> Self {
+        self.trigger_watchdog = on;
+        self
+    }
+
     /// Validates the settings against systemd's environment and starts the
     /// monitor thread.
     ///
@@ -143,6 +236,7 @@ pub(crate) struct Settings {
     /// The watchdog interval that applies to this process.
     pub watchdog: Option<Duration>,
     pub pid: u32,
+    pub diagnostics: DiagnosticsConfig,
 }
 
 impl Settings {
@@ -188,12 +282,40 @@ impl Settings {
                 return Err(Error::DuplicateRuntimeName { name: name.clone() });
             }
         }
+        if b.keep_reports == 0 {
+            return Err(Error::InvalidSetting {
+                setting: "keep_reports",
+                reason: "must keep at least one report".into(),
+            });
+        }
+        let deadline_margin = match (b.deadline_margin, watchdog) {
+            (Some(m), Some(w)) if m >= w - threshold => {
+                return Err(Error::InvalidSetting {
+                    setting: "deadline_margin",
+                    reason: format!(
+                        "{m:?} leaves no time between detection (threshold {threshold:?}) and \
+                         systemd's deadline (WatchdogSec {w:?})"
+                    ),
+                })
+            }
+            (Some(m), _) => m,
+            (None, Some(w)) => (w / 8).max(Duration::from_millis(100)),
+            (None, None) => Duration::from_millis(100),
+        };
+        let diagnostics = DiagnosticsConfig {
+            report_dir: b.report_dir.resolve(),
+            keep: b.keep_reports,
+            capture: b.capture.clone(),
+            deadline_margin,
+            trigger_watchdog: b.trigger_watchdog,
+        };
         Ok(Arc::new(Settings {
             threshold,
             probe_interval,
             env,
             watchdog,
             pid,
+            diagnostics,
         }))
     }
 }

@@ -112,14 +112,17 @@ impl LoopTracker {
             out.push(Transition::StallStarted(track));
         }
         match (self.stall.as_mut(), reading) {
-            (Some(stall), ProbeReading::Answered { answered_at, .. }) => {
+            // Only a probe sent since the stall began can end it.
+            (Some(stall), ProbeReading::Answered { answered_at, woken_at })
+                if woken_at >= stall.started_at =>
+            {
                 stall.max_lag = stall.max_lag.max(lag);
                 let stall = *stall;
                 self.stall = None;
                 self.state = LoopState::Recovered;
                 out.push(Transition::StallEnded {
                     stall,
-                    duration: lag,
+                    duration: answered_at.saturating_sub(stall.started_at),
                     ended_at: answered_at,
                 });
             }
@@ -131,6 +134,24 @@ impl LoopTracker {
             }
         }
         out
+    }
+
+    /// The monitor itself did not run from `from` to `now` (longer than the
+    /// threshold): the process was paused, and from outside the loop did
+    /// not answer either. Declares a stall that the next fresh probe ends.
+    pub(crate) fn paused(&mut self, from: u64, now: u64) -> Option<Transition> {
+        if self.stall.is_some() || self.state == LoopState::Gone {
+            return None;
+        }
+        let track = StallTrack {
+            started_at: from,
+            detected_at: now,
+            max_lag: now.saturating_sub(from),
+        };
+        self.stall = Some(track);
+        self.stalls += 1;
+        self.state = LoopState::Stalled;
+        Some(Transition::StallStarted(track))
     }
 
     fn record(&mut self, answered_at: u64, lag: u64) {
@@ -210,6 +231,21 @@ mod tests {
             }
         ));
         assert_eq!(tr.len(), 2);
+    }
+
+    #[test]
+    fn a_pause_is_a_stall_that_only_a_fresh_probe_ends() {
+        let mut t = LoopTracker::default();
+        assert!(t.observe(answered(0, 10), 20, T).is_empty());
+        assert!(matches!(t.paused(100, 2_000_100), Some(Transition::StallStarted(_))));
+        assert!(t.paused(100, 2_000_200).is_none(), "one stall at a time");
+        // The probe answered before the pause does not end it.
+        assert!(t.observe(answered(0, 10), 2_000_100, T).is_empty());
+        let tr = t.observe(answered(2_000_100, 2_000_150), 2_000_200, T);
+        assert!(
+            matches!(tr[..], [Transition::StallEnded { duration: 2_000_050, .. }]),
+            "{tr:?}"
+        );
     }
 
     #[test]

@@ -38,6 +38,7 @@
 
 mod builder;
 mod clock;
+mod diagnostics;
 mod error;
 #[allow(dead_code)]
 mod exporter;
@@ -47,14 +48,23 @@ mod metrics;
 mod monitor;
 mod notify;
 mod probe;
-#[allow(dead_code)]
+mod report;
+mod report_store;
+mod verdict;
 mod procfs;
-#[allow(dead_code)]
 mod stacks;
 mod status;
 mod watchdog;
 
 pub use builder::{Builder, DEFAULT_PROBE_INTERVAL, DEFAULT_STALL_THRESHOLD};
 pub use error::{Error, Result};
+pub use procfs::{ProcessFacts, SyscallInfo, ThreadFacts};
+pub use report::{
+    CaptureInfo, LagSample, ReportFrame, ReportTimes, RuntimeMetricsSnapshot, StallReport,
+    ThreadGroup, Thresholds,
+};
+pub use report_store::DEFAULT_KEEP_REPORTS;
+pub use stacks::{CaptureOutcome, Frame};
+pub use verdict::{Culprit, Verdict, VerdictKind};
 pub use status::{LoopState, RuntimeStatus, StallEvent, Status};
 pub use watchdog::Watchdog;

@@ -25,6 +25,7 @@ use tokio::runtime::Handle;
 
 use crate::builder::{Settings, StallCallback};
 use crate::clock::{self, micros, us};
+use crate::diagnostics::{Diagnostics, Outcome, StallContext};
 use crate::health::{LoopTracker, Transition};
 use crate::notify::{Notifier, NotifyState};
 use crate::probe::{self, ProbeReading, ProbeShared};
@@ -58,7 +59,6 @@ pub(crate) struct Watched {
     pub probe: Arc<ProbeShared>,
     pub tracker: LoopTracker,
     /// Kept for the runtime's metrics; never blocked on.
-    #[allow(dead_code)]
     pub handle: Handle,
 }
 
@@ -74,6 +74,7 @@ pub(crate) struct Monitor {
     shared: Arc<Shared>,
     loops: Vec<Watched>,
     on_stall: Option<StallCallback>,
+    diag: Diagnostics,
     threshold: u64,
     interval: u64,
     ping_every: Option<u64>,
@@ -93,6 +94,7 @@ impl Monitor {
         shared: Arc<Shared>,
         runtimes: Vec<(String, Handle)>,
         on_stall: Option<StallCallback>,
+        diag: Diagnostics,
     ) -> Monitor {
         let s = shared.settings.clone();
         let now = clock::now_us();
@@ -109,6 +111,7 @@ impl Monitor {
         Monitor {
             loops,
             on_stall,
+            diag,
             threshold: micros(s.threshold),
             interval: micros(s.probe_interval),
             ping_every: s.watchdog.filter(|_| pings).map(|w| micros(w / 4)),
@@ -126,13 +129,19 @@ impl Monitor {
 
     /// The thread's body: tick until asked to stop.
     pub(crate) fn run(mut self) {
+        self.diag.warm_up();
         let mut planned = clock::now_us();
         while !self.shared.stop.load(Ordering::Acquire) {
             let now = clock::now_us();
-            self.note_gap(planned, now);
+            let paused = self.note_gap(planned, now);
+            if let Some(gap) = paused.filter(|g| g.to - g.from > self.threshold) {
+                self.process_paused(gap);
+            }
             self.tick(now);
-            planned = self.next_wake(now);
+            // Plan from the time the work ended, so that a long tick (a
+            // capture, a report) is not later mistaken for a pause.
             let now = clock::now_us();
+            planned = self.next_wake(now).max(now);
             if planned > now {
                 std::thread::park_timeout(us(planned - now));
             }
@@ -140,22 +149,39 @@ impl Monitor {
         tracing::debug!("loopwatch monitor stopped");
     }
 
-    fn note_gap(&mut self, planned: u64, now: u64) {
-        // A wake-up later than half the threshold past its plan: the monitor
-        // itself was not running.
+    /// Remembers a wake-up much later than planned: the monitor itself was
+    /// not running.
+    fn note_gap(&mut self, planned: u64, now: u64) -> Option<MonitorGap> {
         let slack = (self.threshold / 2).max(20_000);
-        if now > planned + slack {
-            if self.gaps.len() == GAPS_KEPT {
-                self.gaps.pop_front();
+        if now <= planned + slack {
+            return None;
+        }
+        if self.gaps.len() == GAPS_KEPT {
+            self.gaps.pop_front();
+        }
+        let gap = MonitorGap {
+            from: planned,
+            to: now,
+        };
+        self.gaps.push_back(gap);
+        tracing::warn!(
+            late = %human(us(now - planned)),
+            "loopwatch monitor thread was not scheduled on time (process stopped, VM paused or CPU throttled?)"
+        );
+        Some(gap)
+    }
+
+    /// The monitor was not scheduled for longer than the threshold: every
+    /// loop counts as stalled from outside until a fresh probe answers.
+    fn process_paused(&mut self, gap: MonitorGap) {
+        let mut started = Vec::new();
+        for (i, w) in self.loops.iter_mut().enumerate() {
+            if let Some(t) = w.tracker.paused(gap.from, gap.to) {
+                started.push((i, t));
             }
-            self.gaps.push_back(MonitorGap {
-                from: planned,
-                to: now,
-            });
-            tracing::warn!(
-                late = %human(us(now - planned)),
-                "loopwatch monitor thread was not scheduled on time (process stopped, VM paused or CPU throttled?)"
-            );
+        }
+        for (i, t) in started {
+            self.on_transition(i, t, gap.to);
         }
     }
 
@@ -167,14 +193,23 @@ impl Monitor {
             for t in w.tracker.observe(reading, now, self.threshold) {
                 events.push((i, t));
             }
-            if let ProbeReading::Answered { woken_at, .. } = reading {
-                if now >= woken_at + self.interval {
-                    w.probe.wake(now);
+            match reading {
+                ProbeReading::Answered { woken_at, .. } if now >= woken_at + self.interval => {
+                    w.probe.wake(now)
                 }
+                ProbeReading::Waiting { woken_at }
+                    if w.tracker.stall.is_none() && now >= woken_at + self.threshold / 2 =>
+                {
+                    self.diag.presample(i, woken_at, now)
+                }
+                _ => {}
             }
         }
         for (i, t) in events {
             self.on_transition(i, t, now);
+        }
+        for outcome in self.diag.tick(now) {
+            self.after_report(&outcome);
         }
         self.maybe_ping(now);
         self.publish();
@@ -193,15 +228,20 @@ impl Monitor {
                     human(lag)
                 );
                 self.send_status(now);
+                let outcome = self.diagnose(i, track, now);
+                self.after_report(&outcome);
                 self.callback(StallEvent::Started {
                     runtime: name,
                     lag,
                     threshold: us(self.threshold),
                     detected_at: SystemTime::now(),
-                    report: None,
+                    report: outcome.report,
                 });
             }
-            Transition::StallEnded { duration, .. } => {
+            Transition::StallEnded {
+                duration, ended_at, ..
+            } => {
+                let outcome = self.diag.stall_ended(i, duration, ended_at);
                 tracing::warn!(
                     runtime = %name,
                     duration = %human(us(duration)),
@@ -211,7 +251,7 @@ impl Monitor {
                 self.callback(StallEvent::Ended {
                     runtime: name,
                     duration: us(duration),
-                    report: None,
+                    report: outcome.report,
                 });
             }
             Transition::Gone => {
@@ -225,6 +265,54 @@ impl Monitor {
                         "event loop {name:?} is gone (runtime shut down)"
                     ))]);
                 }
+            }
+        }
+    }
+
+    /// Hands a new stall to the diagnostics.
+    fn diagnose(&mut self, i: usize, track: crate::health::StallTrack, now: u64) -> Outcome {
+        let w = &self.loops[i];
+        let mut loop_tids: Vec<i32> = w.probe.poller_tid().into_iter().collect();
+        for tid in crate::procfs::list_threads() {
+            if loop_tids.contains(&tid) {
+                continue;
+            }
+            if crate::procfs::read_thread(tid).is_some_and(|f| f.name.starts_with("tokio-runtime-w")) {
+                loop_tids.push(tid);
+            }
+        }
+        let monitor_gap: u64 = self
+            .gaps
+            .iter()
+            .map(|g| {
+                let from = g.from.max(track.started_at);
+                g.to.min(now).saturating_sub(from)
+            })
+            .sum();
+        let deadline = match (self.ping_every, self.last_ping, self.shared.settings.watchdog) {
+            (Some(_), Some(last), Some(wd)) => Some(last + micros(wd)),
+            _ => None,
+        };
+        let ctx = StallContext {
+            idx: i,
+            runtime: &w.name,
+            track,
+            now,
+            timeline: &w.tracker.timeline,
+            loop_tids,
+            monitor_gap: us(monitor_gap),
+            handle: &w.handle,
+            deadline,
+        };
+        self.diag.stall_started(ctx)
+    }
+
+    /// Acts on what a diagnostics step asks for.
+    fn after_report(&mut self, outcome: &Outcome) {
+        if outcome.trigger_watchdog {
+            tracing::warn!("loopwatch: report written; asking systemd to act now (WATCHDOG=trigger)");
+            if let Err(e) = self.shared.notify(&[NotifyState::WatchdogTrigger]) {
+                self.notify_failed(&e);
             }
         }
     }
@@ -339,8 +427,18 @@ impl Monitor {
             };
             next = next.min(at);
         }
+        for (i, w) in self.loops.iter().enumerate() {
+            if let ProbeReading::Waiting { woken_at } = w.probe.read() {
+                if w.tracker.stall.is_none() && !self.diag.presampled(i, woken_at) {
+                    next = next.min(woken_at + self.threshold / 2);
+                }
+            }
+        }
         if let (Some(every), Some(last)) = (self.ping_every, self.last_ping) {
             next = next.min(last + every);
+        }
+        if let Some(due) = self.diag.next_due() {
+            next = next.min(due);
         }
         next.max(now + 100)
     }
@@ -369,13 +467,10 @@ impl Monitor {
         st.pings_suppressed = self.pings_suppressed;
         st.pings_failed = self.pings_failed;
         st.callback_panics = self.callback_panics;
+        st.reports_written = self.diag.counters.reports_written.load(Ordering::Relaxed);
+        st.reports_failed = self.diag.counters.reports_failed.load(Ordering::Relaxed);
     }
 
-    /// The monitor's own scheduling gaps, oldest first.
-    #[allow(dead_code)]
-    pub(crate) fn gaps(&self) -> impl Iterator<Item = &MonitorGap> {
-        self.gaps.iter()
-    }
 }
 
 /// The initial status, before the first tick.
@@ -400,5 +495,7 @@ pub(crate) fn initial_status(settings: &Settings, names: &[String], pings: bool)
         pings_suppressed: 0,
         pings_failed: 0,
         callback_panics: 0,
+        reports_written: 0,
+        reports_failed: 0,
     }
 }

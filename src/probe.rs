@@ -12,7 +12,7 @@
 //! marks the probe gone: that is how the monitor learns that a runtime was
 //! shut down.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::runtime::Handle;
@@ -33,6 +33,9 @@ pub(crate) struct ProbeShared {
     answer_seq: AtomicU64,
     /// False once the task has been dropped (runtime shut down).
     alive: AtomicBool,
+    /// OS thread id of the thread that last polled the probe: a thread that
+    /// runs this runtime's tasks.
+    poller: AtomicI32,
     notify: Notify,
 }
 
@@ -95,13 +98,27 @@ impl ProbeShared {
         self.notify.notify_one();
     }
 
+    /// The OS thread that last polled the probe.
+    pub(crate) fn poller_tid(&self) -> Option<i32> {
+        Some(self.poller.load(Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+
     /// Called by the task when it is polled after a wake.
     fn answer(&self) {
         let seq = self.wake_seq.load(Ordering::Acquire);
         let now = clock::now_us();
+        self.poller.store(thread_tid(), Ordering::Relaxed);
         self.answered_at.store(now, Ordering::Release);
         self.answer_seq.store(seq, Ordering::Release);
     }
+}
+
+/// This thread's OS id, cached per thread (one system call per thread).
+fn thread_tid() -> i32 {
+    thread_local! {
+        static TID: i32 = crate::stacks::current_tid();
+    }
+    TID.with(|t| *t)
 }
 
 /// Marks the probe gone when the task (and so the future holding it) drops.

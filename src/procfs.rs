@@ -1,1 +1,534 @@
-//! Placeholder: being written.
+//! Facts about this process and its threads, read from `/proc`.
+//!
+//! This module owns everything loopwatch learns from procfs for a stall
+//! report: the list of threads (`/proc/self/task`), each thread's name,
+//! scheduler state, wait channel, current system call and CPU time, and the
+//! process-wide facts (pid, resident memory, thread count, uptime,
+//! executable path and its GNU build id).
+//!
+//! It contains no `unsafe`: the one value that needs libc (the kernel's
+//! clock-tick rate, `sysconf(_SC_CLK_TCK)`) comes from
+//! [`crate::stacks::clock_ticks_per_second`]. Odd or missing `/proc`
+//! content never panics: the affected field is `None` or a neutral default,
+//! and a thread that exited between listing and reading is simply `None`.
+
+use std::fs;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// The thread ids (tids) of this process, from `/proc/self/task`, sorted.
+///
+/// Empty if `/proc` is not mounted. Threads may start or exit right after
+/// the directory was read; callers treat the list as a snapshot.
+pub fn list_threads() -> Vec<i32> {
+    list_threads_in(Path::new("/proc/self/task"))
+}
+
+fn list_threads_in(dir: &Path) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut tids: Vec<i32> = entries
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|tid| *tid > 0)
+        .collect();
+    tids.sort_unstable();
+    tids
+}
+
+/// What `/proc` says about one thread at the moment it was read.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ThreadFacts {
+    /// The kernel thread id.
+    pub tid: i32,
+    /// The thread's name (`comm`, at most 15 bytes, set with
+    /// `pthread_setname_np` or `std::thread::Builder::name`).
+    pub name: String,
+    /// The scheduler state letter from `/proc/.../stat`: `R`, `S`, `D`, `T`, ...
+    pub state: char,
+    /// The state spelled out: `"running"`, `"sleeping"`, `"disk sleep"`, ...
+    pub state_name: &'static str,
+    /// The kernel function the thread waits in (`/proc/.../wchan`), when the
+    /// kernel discloses it (it shows `0` to unprivileged readers on many
+    /// kernels, which is `None` here).
+    pub wchan: Option<String>,
+    /// The system call the thread is blocked in; `None` while it runs in
+    /// user space, or when it is blocked outside a system call.
+    pub syscall: Option<SyscallInfo>,
+    /// CPU time consumed so far, user plus system.
+    #[serde(serialize_with = "serialize_duration_secs")]
+    pub cpu_time: Duration,
+}
+
+/// A system call a thread is blocked in, from `/proc/.../syscall`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SyscallInfo {
+    /// The system call number of this architecture.
+    pub number: i64,
+    /// Its name, for the calls a stuck thread is commonly found in
+    /// (`futex`, `epoll_wait`, `clock_nanosleep`, `read`, ...).
+    pub name: Option<&'static str>,
+}
+
+/// Reads the facts of thread `tid` of this process.
+///
+/// `None` if the thread no longer exists (or `/proc` is unreadable). Fields
+/// that cannot be read or parsed are `None` or defaults, never a panic.
+pub fn read_thread(tid: i32) -> Option<ThreadFacts> {
+    if tid <= 0 {
+        return None;
+    }
+    let dir = format!("/proc/self/task/{tid}");
+    let stat = fs::read_to_string(format!("{dir}/stat")).ok()?;
+    let parsed = parse_stat(&stat)?;
+    let ticks = crate::stacks::clock_ticks_per_second();
+    let wchan = fs::read_to_string(format!("{dir}/wchan"))
+        .ok()
+        .and_then(|s| parse_wchan(&s));
+    let syscall = fs::read_to_string(format!("{dir}/syscall"))
+        .ok()
+        .and_then(|s| parse_syscall(&s));
+    Some(ThreadFacts {
+        tid,
+        name: parsed.comm,
+        state: parsed.state,
+        state_name: state_name(parsed.state),
+        wchan,
+        syscall,
+        cpu_time: ticks_to_duration(parsed.utime.saturating_add(parsed.stime), ticks),
+    })
+}
+
+/// Facts about the whole process.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcessFacts {
+    /// The process id.
+    pub pid: u32,
+    /// Resident set size in bytes (`VmRSS`); 0 if unknown.
+    pub rss_bytes: u64,
+    /// Number of threads; 0 if unknown.
+    pub threads: usize,
+    /// Time since the process started; zero if unknown.
+    #[serde(serialize_with = "serialize_duration_secs")]
+    pub uptime: Duration,
+    /// The GNU build id of the executable, in hex, if it has one. It names
+    /// the exact binary whose debug info symbolizes the report.
+    pub build_id: Option<String>,
+    /// The path of the executable (`/proc/self/exe`).
+    pub executable: Option<String>,
+}
+
+/// Reads the process-wide facts. The build id is read once and cached.
+pub fn process_facts() -> ProcessFacts {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let rss_bytes = status_field(&status, "VmRSS:")
+        .and_then(parse_kib)
+        .unwrap_or(0);
+    let threads = status_field(&status, "Threads:")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or_else(|| list_threads().len());
+    let uptime = process_uptime().unwrap_or_default();
+    ProcessFacts {
+        pid: std::process::id(),
+        rss_bytes,
+        threads,
+        uptime,
+        build_id: build_id(),
+        executable: fs::read_link("/proc/self/exe")
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned()),
+    }
+}
+
+/// The GNU build id of `/proc/self/exe` in lower-case hex, read once.
+pub fn build_id() -> Option<String> {
+    static BUILD_ID: OnceLock<Option<String>> = OnceLock::new();
+    BUILD_ID
+        .get_or_init(|| read_build_id(Path::new("/proc/self/exe")))
+        .clone()
+}
+
+/// Reads the `NT_GNU_BUILD_ID` note of an ELF file without loading the whole
+/// file: `object` reads only the headers and the note through a cache.
+fn read_build_id(path: &Path) -> Option<String> {
+    use object::Object;
+    let file = fs::File::open(path).ok()?;
+    let cache = object::ReadCache::new(file);
+    let obj = object::File::parse(&cache).ok()?;
+    let id = obj.build_id().ok()??;
+    if id.is_empty() {
+        return None;
+    }
+    Some(id.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The fields of `/proc/.../stat` that loopwatch uses.
+#[derive(Debug, PartialEq)]
+struct Stat {
+    comm: String,
+    state: char,
+    utime: u64,
+    stime: u64,
+    starttime: u64,
+}
+
+/// Parses `/proc/.../stat`. The command name sits between the first `(` and
+/// the *last* `)`: it may itself contain spaces and parentheses.
+fn parse_stat(s: &str) -> Option<Stat> {
+    let open = s.find('(')?;
+    let close = s.rfind(')')?;
+    if close < open {
+        return None;
+    }
+    let comm = s[open + 1..close].to_string();
+    let mut rest = s[close + 1..].split_ascii_whitespace();
+    // Fields after the name, numbered as in proc(5): 3 = state, 14 = utime,
+    // 15 = stime, 22 = starttime.
+    let state = rest.next()?.chars().next()?;
+    let mut field = |n: usize| -> Option<u64> {
+        // `rest` is positioned at field 4 after reading the state; `n` is
+        // the distance from the last consumed field.
+        rest.nth(n)?.parse::<u64>().ok()
+    };
+    let utime = field(10); // fields 4..=13 skipped, 14 read
+    let stime = field(0); // 15
+    let starttime = field(6); // 16..=21 skipped, 22 read
+    Some(Stat {
+        comm,
+        state,
+        utime: utime.unwrap_or(0),
+        stime: stime.unwrap_or(0),
+        starttime: starttime.unwrap_or(0),
+    })
+}
+
+/// `wchan` is `0` (or empty) when the thread is runnable or the kernel hides it.
+fn parse_wchan(s: &str) -> Option<String> {
+    let s = s.trim();
+    if s.is_empty() || s == "0" {
+        None
+    } else {
+        Some(s.to_string())
+    }
+}
+
+/// `/proc/.../syscall` is `running`, `-1 sp pc` (blocked, but not in a
+/// system call) or `nr arg1 .. arg6 sp pc`.
+fn parse_syscall(s: &str) -> Option<SyscallInfo> {
+    let first = s.split_ascii_whitespace().next()?;
+    let number = first.parse::<i64>().ok()?;
+    if number < 0 {
+        return None;
+    }
+    Some(SyscallInfo {
+        number,
+        name: syscall_name(number),
+    })
+}
+
+/// Spells out a state letter of proc(5).
+fn state_name(state: char) -> &'static str {
+    match state {
+        'R' => "running",
+        'S' => "sleeping",
+        'D' => "disk sleep",
+        'T' => "stopped",
+        't' => "tracing stop",
+        'Z' => "zombie",
+        'X' | 'x' => "dead",
+        'I' => "idle",
+        'P' => "parked",
+        'W' => "waking",
+        'K' => "wakekill",
+        _ => "unknown",
+    }
+}
+
+/// The names of the system calls a stuck thread is usually found in.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn syscall_name(number: i64) -> Option<&'static str> {
+    const NAMES: &[(libc::c_long, &str)] = &[
+        (libc::SYS_read, "read"),
+        (libc::SYS_write, "write"),
+        (libc::SYS_open, "open"),
+        (libc::SYS_close, "close"),
+        (libc::SYS_poll, "poll"),
+        (libc::SYS_ioctl, "ioctl"),
+        (libc::SYS_pread64, "pread64"),
+        (libc::SYS_pwrite64, "pwrite64"),
+        (libc::SYS_readv, "readv"),
+        (libc::SYS_writev, "writev"),
+        (libc::SYS_select, "select"),
+        (libc::SYS_sched_yield, "sched_yield"),
+        (libc::SYS_pause, "pause"),
+        (libc::SYS_nanosleep, "nanosleep"),
+        (libc::SYS_connect, "connect"),
+        (libc::SYS_accept, "accept"),
+        (libc::SYS_sendto, "sendto"),
+        (libc::SYS_recvfrom, "recvfrom"),
+        (libc::SYS_sendmsg, "sendmsg"),
+        (libc::SYS_recvmsg, "recvmsg"),
+        (libc::SYS_wait4, "wait4"),
+        (libc::SYS_fcntl, "fcntl"),
+        (libc::SYS_flock, "flock"),
+        (libc::SYS_fsync, "fsync"),
+        (libc::SYS_fdatasync, "fdatasync"),
+        (libc::SYS_sync, "sync"),
+        (libc::SYS_rt_sigsuspend, "rt_sigsuspend"),
+        (libc::SYS_rt_sigtimedwait, "rt_sigtimedwait"),
+        (libc::SYS_futex, "futex"),
+        (libc::SYS_epoll_wait, "epoll_wait"),
+        (libc::SYS_clock_nanosleep, "clock_nanosleep"),
+        (libc::SYS_waitid, "waitid"),
+        (libc::SYS_openat, "openat"),
+        (libc::SYS_pselect6, "pselect6"),
+        (libc::SYS_ppoll, "ppoll"),
+        (libc::SYS_sync_file_range, "sync_file_range"),
+        (libc::SYS_epoll_pwait, "epoll_pwait"),
+        (libc::SYS_fallocate, "fallocate"),
+        (libc::SYS_accept4, "accept4"),
+        (libc::SYS_recvmmsg, "recvmmsg"),
+        (libc::SYS_sendmmsg, "sendmmsg"),
+        (libc::SYS_getrandom, "getrandom"),
+        (libc::SYS_io_uring_enter, "io_uring_enter"),
+        (libc::SYS_epoll_pwait2, "epoll_pwait2"),
+        (libc::SYS_futex_waitv, "futex_waitv"),
+    ];
+    NAMES
+        .iter()
+        .find(|(nr, _)| i64::from(*nr) == number)
+        .map(|(_, name)| *name)
+}
+
+/// Other architectures number their system calls differently; loopwatch
+/// names them only on x86_64.
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+fn syscall_name(_number: i64) -> Option<&'static str> {
+    None
+}
+
+fn ticks_to_duration(ticks: u64, per_second: u64) -> Duration {
+    let per_second = per_second.max(1);
+    let secs = ticks / per_second;
+    let rem = ticks % per_second;
+    Duration::from_secs(secs) + Duration::from_nanos(rem * 1_000_000_000 / per_second)
+}
+
+/// The value after `key` on the line of `/proc/self/status` that starts with it.
+fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .map(str::trim)
+}
+
+/// `"  2188 kB"` → 2188 × 1024 bytes.
+fn parse_kib(value: &str) -> Option<u64> {
+    let number = value.split_ascii_whitespace().next()?;
+    number.parse::<u64>().ok()?.checked_mul(1024)
+}
+
+/// Process uptime: system uptime minus the process start time (both since boot).
+fn process_uptime() -> Option<Duration> {
+    let uptime = fs::read_to_string("/proc/uptime").ok()?;
+    let since_boot = parse_uptime(&uptime)?;
+    let stat = fs::read_to_string("/proc/self/stat").ok()?;
+    let started = ticks_to_duration(
+        parse_stat(&stat)?.starttime,
+        crate::stacks::clock_ticks_per_second(),
+    );
+    Some(since_boot.saturating_sub(started))
+}
+
+/// The first field of `/proc/uptime`: seconds since boot, with a fraction.
+fn parse_uptime(s: &str) -> Option<Duration> {
+    let secs = s.split_ascii_whitespace().next()?.parse::<f64>().ok()?;
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+/// Durations in facts serialize as fractional seconds, which reads better
+/// in a report than serde's `{secs, nanos}`.
+fn serialize_duration_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_spaces_and_parentheses_in_the_name() {
+        let line = "4242 (we(ird) na)me) S 1 4242 4242 0 -1 4194560 100 0 0 0 \
+                    250 50 0 0 20 0 3 0 12345 1000000 200 18446744073709551615";
+        let stat = parse_stat(line).unwrap();
+        assert_eq!(stat.comm, "we(ird) na)me");
+        assert_eq!(stat.state, 'S');
+        assert_eq!(stat.utime, 250);
+        assert_eq!(stat.stime, 50);
+        assert_eq!(stat.starttime, 12345);
+    }
+
+    #[test]
+    fn stat_that_is_cut_short_keeps_what_it_has() {
+        let stat = parse_stat("1 (x) R 0 1").unwrap();
+        assert_eq!(stat.comm, "x");
+        assert_eq!(stat.state, 'R');
+        assert_eq!((stat.utime, stat.stime, stat.starttime), (0, 0, 0));
+        assert_eq!(parse_stat(""), None);
+        assert_eq!(parse_stat("1 (x)"), None);
+        assert_eq!(parse_stat("1 )x( R"), None);
+    }
+
+    #[test]
+    fn syscall_file_forms() {
+        assert_eq!(parse_syscall("running\n"), None);
+        assert_eq!(parse_syscall("-1 0x7ffd 0x7f00\n"), None);
+        assert_eq!(parse_syscall(""), None);
+        assert_eq!(parse_syscall("garbage"), None);
+        let info = parse_syscall("202 0x1 0x2 0x3 0x4 0x5 0x6 0x7ffd 0x7f00\n").unwrap();
+        assert_eq!(info.number, 202);
+        assert_eq!(info.name, Some("futex"));
+        let unknown = parse_syscall("9999 0x0\n").unwrap();
+        assert_eq!(unknown.name, None);
+    }
+
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    #[test]
+    fn x86_64_syscall_numbers() {
+        assert_eq!(syscall_name(0), Some("read"));
+        assert_eq!(syscall_name(7), Some("poll"));
+        assert_eq!(syscall_name(35), Some("nanosleep"));
+        assert_eq!(syscall_name(202), Some("futex"));
+        assert_eq!(syscall_name(230), Some("clock_nanosleep"));
+        assert_eq!(syscall_name(232), Some("epoll_wait"));
+        assert_eq!(syscall_name(281), Some("epoll_pwait"));
+        assert_eq!(syscall_name(441), Some("epoll_pwait2"));
+    }
+
+    #[test]
+    fn wchan_zero_is_none() {
+        assert_eq!(parse_wchan("0"), None);
+        assert_eq!(parse_wchan(""), None);
+        assert_eq!(
+            parse_wchan("do_epoll_wait\n").as_deref(),
+            Some("do_epoll_wait")
+        );
+    }
+
+    #[test]
+    fn small_parsers() {
+        assert_eq!(state_name('D'), "disk sleep");
+        assert_eq!(state_name('?'), "unknown");
+        assert_eq!(parse_kib("  2188 kB"), Some(2188 * 1024));
+        assert_eq!(parse_kib("kB"), None);
+        assert_eq!(
+            status_field("Name:\tx\nThreads:\t7\n", "Threads:"),
+            Some("7")
+        );
+        assert_eq!(
+            parse_uptime("600.83 964.14\n"),
+            Some(Duration::from_millis(600_830))
+        );
+        assert_eq!(parse_uptime("nan"), None);
+        assert_eq!(ticks_to_duration(250, 100), Duration::from_millis(2500));
+        assert_eq!(ticks_to_duration(1, 0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn lists_and_reads_this_thread() {
+        let tids = list_threads();
+        assert!(!tids.is_empty());
+        let me = crate::stacks::current_tid();
+        assert!(tids.contains(&me), "{me} not in {tids:?}");
+        let facts = read_thread(me).expect("own thread readable");
+        assert_eq!(facts.tid, me);
+        assert_eq!(facts.state, 'R', "the reading thread is running: {facts:?}");
+        // It reads its own syscall file from inside read(2).
+        let syscall = facts.syscall.as_ref().and_then(|s| s.name);
+        assert!(matches!(syscall, None | Some("read")), "{facts:?}");
+        assert!(!facts.name.is_empty());
+    }
+
+    #[test]
+    fn sleeping_thread_facts() {
+        use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+        use std::sync::Arc;
+        let tid = Arc::new(AtomicI32::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = {
+            let (tid, stop) = (tid.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("facts-sleeper".into())
+                .spawn(move || {
+                    tid.store(crate::stacks::current_tid(), Ordering::SeqCst);
+                    while !stop.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                })
+                .unwrap()
+        };
+        while tid.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        let tid = tid.load(Ordering::SeqCst);
+        // The thread spends nearly all its time in clock_nanosleep; retry a
+        // few times in case a read lands in its short running window.
+        let mut seen = None;
+        for _ in 0..200 {
+            let facts = read_thread(tid).expect("thread alive");
+            if facts.state == 'S' && facts.syscall.is_some() {
+                seen = Some(facts);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        stop.store(true, Ordering::SeqCst);
+        handle.join().unwrap();
+        let facts = seen.expect("sleeping thread seen in state S");
+        assert_eq!(facts.name, "facts-sleeper");
+        assert_eq!(facts.state_name, "sleeping");
+        let name = facts.syscall.unwrap().name;
+        assert!(
+            matches!(name, Some("clock_nanosleep") | Some("nanosleep")),
+            "{name:?}"
+        );
+        // Gone threads are None.
+        let mut exited = None;
+        for _ in 0..1000 {
+            exited = read_thread(tid);
+            if exited.is_none() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(exited, None);
+        assert_eq!(read_thread(0), None);
+        assert_eq!(read_thread(-5), None);
+    }
+
+    #[test]
+    fn process_facts_are_plausible() {
+        let facts = process_facts();
+        assert_eq!(facts.pid, std::process::id());
+        assert!(facts.rss_bytes > 0);
+        assert!(facts.threads >= 1);
+        assert!(facts.executable.is_some());
+        // Rust test binaries are linked with a build id by default on Linux.
+        let id = facts.build_id.expect("test binary has a GNU build id");
+        assert!(
+            id.len() >= 16 && id.chars().all(|c| c.is_ascii_hexdigit()),
+            "{id}"
+        );
+        assert_eq!(build_id(), Some(id));
+        assert!(facts.uptime < Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn list_threads_of_missing_dir_is_empty() {
+        assert!(list_threads_in(Path::new("/nonexistent/task")).is_empty());
+    }
+}

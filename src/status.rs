@@ -69,6 +69,10 @@ pub struct Status {
     pub pings_failed: u64,
     /// Panics caught in the `on_stall` callback.
     pub callback_panics: u64,
+    /// Stall report versions written to disk.
+    pub reports_written: u64,
+    /// Stall report writes that failed (the report went to stderr instead).
+    pub reports_failed: u64,
 }
 
 impl Status {

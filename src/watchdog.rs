@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 use parking_lot::Mutex;
 
 use crate::builder::{Builder, Settings};
+use crate::diagnostics::Diagnostics;
 use crate::error::{Error, Result};
 use crate::monitor::{initial_status, Monitor, Shared};
 use crate::notify::{Notifier, NotifyState};
@@ -58,6 +59,11 @@ impl Watchdog {
     }
 
     pub(crate) fn start(builder: Builder, settings: Arc<Settings>) -> Result<Watchdog> {
+        let diag = Diagnostics::new(
+            settings.clone(),
+            settings.diagnostics.clone(),
+            builder.runtimes.len(),
+        )?;
         let (notifier, owns_notify) = claim_notifier(&settings);
         let names: Vec<String> = builder.runtimes.iter().map(|(n, _)| n.clone()).collect();
         let shared = Arc::new(Shared {
@@ -66,7 +72,8 @@ impl Watchdog {
             notifier,
             settings: settings.clone(),
         });
-        let monitor = Monitor::new(shared.clone(), builder.runtimes, builder.on_stall);
+        let report_dir = diag.report_dir().map(|p| p.display().to_string());
+        let monitor = Monitor::new(shared.clone(), builder.runtimes, builder.on_stall, diag);
         let thread = std::thread::Builder::new()
             .name("loopwatch-monitor".into())
             .spawn(move || monitor.run())
@@ -84,6 +91,7 @@ impl Watchdog {
             threshold = ?settings.threshold,
             probe_interval = ?settings.probe_interval,
             watchdog = ?settings.watchdog,
+            report_dir = report_dir.as_deref().unwrap_or("(none: stderr)"),
             pings = shared.notifier.is_some() && settings.watchdog.is_some(),
             "loopwatch started"
         );

@@ -131,3 +131,61 @@ pub fn mark(what: &str) {
 pub fn block_for(d: Duration) {
     std::thread::sleep(d);
 }
+
+/// The demo daemon built by `cargo test` (examples are built with the tests).
+pub fn demo_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current test binary");
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/examples/demo
+    let profile_dir = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("test binary lives in target/<profile>/deps");
+    let demo = profile_dir.join("examples").join("demo");
+    assert!(
+        demo.is_file(),
+        "the demo example is missing at {}: run the tests with `cargo test` (which builds examples) \
+         or `cargo build --example demo` first",
+        demo.display()
+    );
+    demo
+}
+
+/// Waits up to `timeout` for `f` to return `Some`.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The newest `stall-*.json` report in `dir`, parsed.
+pub fn newest_report(dir: &std::path::Path) -> Option<serde_json::Value> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("stall-") && n.ends_with(".json"))
+        })
+        .collect();
+    files.sort();
+    let text = std::fs::read_to_string(files.last()?).ok()?;
+    Some(serde_json::from_str(&text).expect("a report on disk is always complete JSON"))
+}
+
+/// Kills a child on drop, so a failing test leaves no stray daemon.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,0 +1,373 @@
+//! Stall diagnostics end to end: the demo's stall kinds give the right
+//! verdict and culprit, reports are atomic, private and bounded, failures
+//! fall back to stderr, and a paused process is not blamed on the code.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{block_for, demo_bin, newest_report, wait_for, KillOnDrop};
+use loopwatch::Watchdog;
+use serde_json::Value;
+
+/// Runs the demo with a stall of `kind` and returns its first report whose
+/// second capture has been taken (or that is final).
+fn demo_report(kind: &str, stall_for: &str) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(demo_bin())
+        .args([
+            "--stall-after",
+            "0.5",
+            "--stall-kind",
+            kind,
+            "--stall-for",
+            stall_for,
+            "--threshold-ms",
+            "300",
+            "--report-dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start demo");
+    let _guard = KillOnDrop(child);
+    // Without systemd the second capture comes one second after detection.
+    wait_for(Duration::from_secs(20), || {
+        let r = newest_report(dir.path())?;
+        (r["captures"].as_array()?.len() >= 2).then_some(r)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no report with two captures for --stall-kind {kind} in 20 s; newest: {:?}",
+            newest_report(dir.path())
+        )
+    })
+}
+
+fn assert_verdict(r: &Value, kind: &str, culprit: &str) {
+    let text = serde_json::to_string_pretty(r).unwrap();
+    assert_eq!(r["verdict"]["kind"], kind, "wrong verdict:\n{text}");
+    let f = r["culprit"]["function"].as_str().unwrap_or_else(|| panic!("no culprit:\n{text}"));
+    assert!(
+        f.ends_with(culprit),
+        "culprit {f:?} is not the demo's {culprit}:\n{}",
+        r["verdict"]
+    );
+    assert!(
+        r["culprit"]["file"].as_str().is_some_and(|f| f.ends_with("demo.rs")),
+        "culprit has no source file:\n{}",
+        r["culprit"]
+    );
+    // The stuck thread's frames did not move between the two captures.
+    let loop_group = r["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["loop_thread"] == true)
+        .expect("a loop thread group");
+    assert!(
+        loop_group["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["stuck"] == true
+                && f["function"].as_str().is_some_and(|n| n.ends_with(culprit))),
+        "the culprit's frame is not marked stuck:\n{loop_group}"
+    );
+}
+
+#[test]
+fn sleep_is_a_blocked_syscall_in_stall_sleep() {
+    let r = demo_report("sleep", "forever");
+    assert_verdict(&r, "blocked-syscall", "demo::stall_sleep");
+}
+
+#[test]
+fn spin_is_cpu_bound_in_stall_spin() {
+    let r = demo_report("spin", "forever");
+    assert_verdict(&r, "cpu-bound", "demo::stall_spin");
+}
+
+#[test]
+fn a_held_mutex_is_a_lock_wait_in_stall_mutex() {
+    let r = demo_report("mutex", "forever");
+    assert_verdict(&r, "lock-wait", "demo::stall_mutex");
+}
+
+#[test]
+fn a_std_deadlock_is_a_lock_wait_in_stall_deadlock() {
+    let r = demo_report("deadlock", "forever");
+    assert_verdict(&r, "lock-wait", "demo::stall_deadlock");
+    let evidence = r["verdict"]["evidence"].to_string();
+    assert!(
+        evidence.contains("demo-worker"),
+        "the other thread of the cycle is named in the evidence: {evidence}"
+    );
+}
+
+#[cfg(feature = "deadlock-detection")]
+#[test]
+fn a_parking_lot_deadlock_is_named_by_the_checker() {
+    let r = demo_report("parking-lot-deadlock", "forever");
+    assert_verdict(&r, "lock-wait", "demo::stall_parking_lot_deadlock");
+    let evidence = r["verdict"]["evidence"].to_string();
+    assert!(
+        evidence.contains("parking_lot deadlock checker"),
+        "parking_lot's checker names the cycle: {evidence}"
+    );
+}
+
+#[test]
+fn a_recovered_stall_leaves_a_report_with_its_duration() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(demo_bin())
+        .args([
+            "--stall-after",
+            "0.3",
+            "--stall-for",
+            "0.8",
+            "--threshold-ms",
+            "200",
+            "--exit-after",
+            "2",
+            "--report-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("run demo");
+    assert!(out.status.success(), "demo failed: {out:?}");
+    let r = newest_report(dir.path()).expect("a report");
+    assert_eq!(r["recovered"], true, "{r}");
+    let d = r["duration_seconds"].as_f64().unwrap();
+    assert!((0.6..=1.0).contains(&d), "0.8 s stall measured as {d} s");
+    assert_eq!(r["verdict"]["kind"], "blocked-syscall");
+    let txt = std::fs::read_to_string(
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "txt"))
+            .expect("a text report"),
+    )
+    .unwrap();
+    assert!(txt.contains("RECOVERED") && txt.contains("demo::stall_sleep"), "{txt}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("STALLED") && stdout.contains("RECOVERED"), "{stdout}");
+}
+
+/// A current_thread runtime on this thread, watched, with reports in `dir`.
+fn watched(dir: &Path, keep: usize) -> (tokio::runtime::Runtime, Watchdog) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let wd = Watchdog::builder()
+        .stall_threshold(Duration::from_millis(80))
+        .probe_interval(Duration::from_millis(10))
+        .report_dir(dir)
+        .keep_reports(keep)
+        .watch("main", rt.handle().clone())
+        .start()
+        .expect("start");
+    (rt, wd)
+}
+
+fn stall_once(rt: &tokio::runtime::Runtime, d: Duration) {
+    rt.block_on(async {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        block_for(d);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    });
+}
+
+#[test]
+fn reports_are_private_atomic_and_only_the_newest_are_kept() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("reports");
+    let (rt, wd) = watched(&dir, 2);
+    for _ in 0..4 {
+        stall_once(&rt, Duration::from_millis(200));
+    }
+    let st = wd.status();
+    wd.shutdown();
+    assert_eq!(st.runtime("main").unwrap().stalls, 4);
+    assert!(st.reports_written >= 4, "{st:?}");
+    assert_eq!(st.reports_failed, 0);
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "report directory mode");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 4, "two reports, json and txt each: {names:?}");
+    for n in &names {
+        assert!(n.starts_with("stall-") && !n.ends_with(".tmp"), "{n}");
+        let mode = std::fs::metadata(dir.join(n)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{n}");
+    }
+    let r = newest_report(&dir).unwrap();
+    assert_eq!(r["recovered"], true);
+    assert!(r["id"].as_str().unwrap().ends_with("0004"), "{}", r["id"]);
+}
+
+#[test]
+fn an_unwritable_directory_falls_back_to_stderr_and_counts() {
+    if common::role().as_deref() == Some("unwritable") {
+        let root = tempfile::tempdir().unwrap();
+        let file = root.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        // A directory under a regular file cannot exist, even for root.
+        let (rt, wd) = watched(&file.join("reports"), 5);
+        stall_once(&rt, Duration::from_millis(200));
+        let st = wd.status();
+        wd.shutdown();
+        assert_eq!(st.reports_written, 0, "{st:?}");
+        assert!(st.reports_failed >= 1, "{st:?}");
+        return;
+    }
+    let out = common::run_child(
+        "an_unwritable_directory_falls_back_to_stderr_and_counts",
+        "unwritable",
+        &[],
+    );
+    common::assert_child_ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("could not write stall report") && stderr.contains("loopwatch stall report"),
+        "the compact report goes to stderr:\n{stderr}"
+    );
+}
+
+/// A small tmpfs mounted for the test, unmounted on drop.
+struct SmallTmpfs(tempfile::TempDir);
+
+impl SmallTmpfs {
+    fn new(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            st.success(),
+            "mounting a tmpfs failed: this test needs root (it fills a small tmpfs to test a full disk)"
+        );
+        SmallTmpfs(dir)
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_leaves_no_partial_file() {
+    if common::role().as_deref() == Some("full") {
+        let dir = std::path::PathBuf::from(std::env::var("FULL_DIR").unwrap());
+        let (rt, wd) = watched(&dir, 5);
+        stall_once(&rt, Duration::from_millis(200));
+        let st = wd.status();
+        wd.shutdown();
+        assert!(st.reports_failed >= 1, "{st:?}");
+        assert_eq!(st.reports_written, 0, "{st:?}");
+        return;
+    }
+    let fs = SmallTmpfs::new("64k");
+    let dir = fs.0.path();
+    // Fill it up.
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 4096];
+    use std::io::Write;
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+    let out = common::run_child(
+        "a_full_disk_leaves_no_partial_file",
+        "full",
+        &[("FULL_DIR", dir.display().to_string())],
+    );
+    common::assert_child_ok(&out);
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["filler".to_string()], "partial files left behind");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("loopwatch stall report"), "{stderr}");
+}
+
+#[test]
+fn a_thread_that_blocks_the_signal_is_reported_unresponsive() {
+    let root = tempfile::tempdir().unwrap();
+    let (rt, wd) = watched(root.path(), 5);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let masked = std::thread::Builder::new()
+        .name("masked-thread".into())
+        .spawn(move || {
+            // SAFETY: blocks every signal for this thread only; the set is
+            // initialised by sigfillset before use.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigfillset(&mut set);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            }
+            tx.send(()).unwrap();
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+        .unwrap();
+    rx.recv().unwrap();
+    let t0 = std::time::Instant::now();
+    stall_once(&rt, Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    masked.join().unwrap();
+    wd.shutdown();
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    let r = newest_report(root.path()).expect("report");
+    let groups = r["threads"].as_array().unwrap();
+    let g = groups
+        .iter()
+        .find(|g| g["names"].to_string().contains("masked-thread"))
+        .unwrap_or_else(|| panic!("masked thread missing: {r}"));
+    assert_eq!(g["outcome"], "unresponsive", "{g}");
+    assert!(g["state"].as_str().is_some(), "its /proc state is shown: {g}");
+    // The rest of the report is complete.
+    assert_eq!(r["verdict"]["kind"], "blocked-syscall", "{}", r["verdict"]);
+    assert!(r["culprit"]["function"]
+        .as_str()
+        .is_some_and(|f| f.contains("block_for")));
+}
+
+#[test]
+fn sigstop_of_the_whole_process_is_process_paused() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(demo_bin())
+        .args(["--threshold-ms", "300", "--report-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start demo");
+    let pid = child.id() as i32;
+    let _guard = KillOnDrop(child);
+    std::thread::sleep(Duration::from_millis(800));
+    // SAFETY: plain kill(2) of our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let r = wait_for(Duration::from_secs(10), || newest_report(dir.path()))
+        .expect("a report after SIGSTOP/SIGCONT");
+    assert_eq!(r["verdict"]["kind"], "process-paused", "{}", r["verdict"]);
+    assert!(r["culprit"].is_null(), "never blamed on application code: {}", r["culprit"]);
+}
