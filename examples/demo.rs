@@ -172,6 +172,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     ));
 
+    if let Some(addr) = watchdog.metrics_addr() {
+        say(format!(
+            "metrics on http://{addr}/metrics, liveness on http://{addr}/healthz (served by loopwatch's own thread)"
+        ));
+    }
+
     let listener = TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
     say(format!("echo service listening on {addr}"));
@@ -227,8 +233,8 @@ fn configure_outputs(mut builder: loopwatch::Builder, args: &Args) -> loopwatch:
     if let Some(dir) = &args.report_dir {
         builder = builder.report_dir(dir);
     }
-    if args.metrics_addr.is_some() {
-        say("note: --metrics-addr is accepted; the exporter comes with a later loopwatch feature");
+    if let Some(addr) = &args.metrics_addr {
+        builder = builder.serve_metrics(addr.clone());
     }
     builder
 }

@@ -56,6 +56,8 @@ pub struct Builder {
     pub(crate) capture: Option<CaptureConfig>,
     pub(crate) deadline_margin: Option<Duration>,
     pub(crate) trigger_watchdog: bool,
+    pub(crate) registry: Option<prometheus::Registry>,
+    pub(crate) metrics_addr: Option<String>,
 }
 
 impl fmt::Debug for Builder {
@@ -73,6 +75,7 @@ impl fmt::Debug for Builder {
             .field("capture", &self.capture)
             .field("deadline_margin", &self.deadline_margin)
             .field("trigger_watchdog", &self.trigger_watchdog)
+            .field("metrics_addr", &self.metrics_addr)
             .finish()
     }
 }
@@ -96,6 +99,8 @@ impl Builder {
             capture: Some(CaptureConfig::default()),
             deadline_margin: None,
             trigger_watchdog: false,
+            registry: None,
+            metrics_addr: None,
         }
     }
 
@@ -209,6 +214,24 @@ impl Builder {
     /// the deadline (off by default).
     pub fn trigger_watchdog_after_report(mut self, on: bool) -> Self {
         self.trigger_watchdog = on;
+        self
+    }
+
+    /// Registers loopwatch's metrics (`loopwatch_*`) in `registry` instead
+    /// of a fresh one, so one scrape serves the application's metrics too.
+    pub fn registry(mut self, registry: prometheus::Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Serves `/metrics` and `/healthz` on `addr` (for example
+    /// `"127.0.0.1:9184"`) from a thread of loopwatch's own, so both answer
+    /// while the event loop is stuck. Bind loopback unless the port must be
+    /// reachable from elsewhere. `/healthz` answers 200 while every runtime
+    /// is healthy and 503 with a one-line reason while not: point a
+    /// Kubernetes liveness probe at it.
+    pub fn serve_metrics(mut self, addr: impl Into<String>) -> Self {
+        self.metrics_addr = Some(addr.into());
         self
     }
 

@@ -28,6 +28,7 @@ use std::time::{Duration, SystemTime};
 use crate::builder::Settings;
 use crate::clock::{self, micros, us};
 use crate::health::StallTrack;
+use crate::metrics::Metrics;
 use crate::procfs;
 use crate::report::{
     group_threads, rfc3339, CaptureInfo, LagSample, ReportTimes, RuntimeMetricsSnapshot,
@@ -63,6 +64,8 @@ pub(crate) struct Outcome {
     pub report: Option<PathBuf>,
     /// Ask systemd to act now (`WATCHDOG=trigger`).
     pub trigger_watchdog: bool,
+    /// The verdict, after the detection step.
+    pub verdict: Option<crate::verdict::VerdictKind>,
 }
 
 /// What the monitor knows about a stall when it hands it over.
@@ -107,10 +110,11 @@ pub(crate) struct Diagnostics {
     stalls: Vec<Option<ActiveStall>>,
     presamples: Vec<Option<(u64, u64, HashMap<i32, Duration>)>>,
     seq: u64,
-    /// Prometheus text of loopwatch's metrics, for the report.
-    pub metrics_text: Option<Box<dyn Fn() -> String + Send>>,
-    /// Called with each capture's duration.
-    pub on_capture: Option<Box<dyn Fn(Duration) + Send>>,
+    /// loopwatch's metrics: report and capture counters, and the text
+    /// snapshot in each report.
+    pub metrics: Option<Arc<Metrics>>,
+    /// The registry whose text goes into each report.
+    pub registry: Option<prometheus::Registry>,
     pub counters: Arc<DiagnosticsCounters>,
 }
 
@@ -133,8 +137,8 @@ impl Diagnostics {
             stalls: (0..runtimes).map(|_| None).collect(),
             presamples: (0..runtimes).map(|_| None).collect(),
             seq: 0,
-            metrics_text: None,
-            on_capture: None,
+            metrics: None,
+            registry: None,
             counters: Arc::default(),
             config,
         })
@@ -199,8 +203,8 @@ impl Diagnostics {
         };
         let c: Capture = sampler.capture_all();
         let total = c.signal_duration + c.unwind_duration + c.symbolize_duration;
-        if let Some(f) = &self.on_capture {
-            f(total);
+        if let Some(m) = &self.metrics {
+            m.capture_took(total);
         }
         let info = CaptureInfo {
             reason: reason.to_string(),
@@ -311,10 +315,12 @@ impl Diagnostics {
             took = %human(us(clock::now_us() - t0)),
             "{}", stall.report.summary()
         );
+        let verdict = Some(stall.report.verdict.kind);
         self.stalls[ctx.idx] = Some(stall);
         Outcome {
             report: path,
             trigger_watchdog: false,
+            verdict,
         }
     }
 
@@ -367,10 +373,13 @@ impl Diagnostics {
 
     fn write(&mut self, stall: &mut ActiveStall) -> Option<PathBuf> {
         stall.report.times.written = rfc3339(SystemTime::now());
-        if let Some(m) = &self.metrics_text {
-            stall.report.metrics = m();
+        if let Some(r) = &self.registry {
+            stall.report.metrics = Metrics::encode(r);
         }
         let path = self.store.save(&stall.report);
+        if let (Some(m), Some(_)) = (&self.metrics, self.store.dir()) {
+            m.report(path.is_some());
+        }
         self.counters
             .reports_written
             .store(self.store.written, Ordering::Relaxed);
@@ -410,6 +419,7 @@ impl Diagnostics {
             out.push(Outcome {
                 report: path,
                 trigger_watchdog: self.config.trigger_watchdog && reason == "before-deadline",
+                verdict: None,
             });
             self.stalls[i] = Some(stall);
         }
@@ -434,7 +444,7 @@ impl Diagnostics {
         );
         Outcome {
             report: path,
-            trigger_watchdog: false,
+            ..Outcome::default()
         }
     }
 

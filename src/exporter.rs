@@ -120,13 +120,23 @@ impl Exporter {
     ///
     /// Returns once the socket listens. An address that does not resolve or
     /// cannot be bound is [`Error::ExporterBind`]; a thread or runtime that
-    /// cannot be created is [`Error::SpawnThread`].
+    /// cannot be created is [`Error::SpawnThread`]; a zero timeout or
+    /// connection limit is [`Error::InvalidSetting`]. May be called from
+    /// inside a tokio runtime, and the exporter dropped there too.
     pub(crate) fn start(
         addr: &str,
         registry: Registry,
         health: HealthFn,
         limits: ExporterLimits,
     ) -> Result<Exporter, Error> {
+        if limits.timeout.is_zero() || limits.max_connections == 0 {
+            return Err(Error::InvalidSetting {
+                setting: "serve_metrics",
+                reason: format!(
+                    "the exporter needs a positive timeout and at least one connection, got {limits:?}"
+                ),
+            });
+        }
         let bind_err = |source| Error::ExporterBind {
             addr: addr.to_string(),
             source,
@@ -639,7 +649,7 @@ mod tests {
 
     #[test]
     fn a_silent_client_is_dropped_after_the_timeout_without_blocking_others() {
-        let timeout = Duration::from_millis(400);
+        let timeout = Duration::from_secs(1);
         let exporter = start(ExporterLimits {
             timeout,
             ..ExporterLimits::default()
@@ -785,10 +795,44 @@ mod tests {
             Err(Error::ExporterBind { addr: a, .. }) => assert_eq!(a, addr),
             other => panic!("{other:?}"),
         }
-        for bad in ["no port", "127.0.0.1:99999", "host.invalid:80"] {
+        for bad in ["no port", "127.0.0.1:99999", "[::1:80"] {
             let r = Exporter::start(bad, registry(), healthy(), ExporterLimits::default());
             assert!(matches!(r, Err(Error::ExporterBind { .. })), "{bad}: {r:?}");
         }
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        for limits in [
+            ExporterLimits {
+                timeout: Duration::ZERO,
+                ..ExporterLimits::default()
+            },
+            ExporterLimits {
+                max_connections: 0,
+                ..ExporterLimits::default()
+            },
+        ] {
+            let r = Exporter::start("127.0.0.1:0", registry(), healthy(), limits);
+            assert!(matches!(r, Err(Error::InvalidSetting { .. })), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn starts_and_stops_inside_an_async_context() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let exporter = start(ExporterLimits::default());
+            let addr = exporter.local_addr();
+            let r = tokio::task::spawn_blocking(move || get(addr, "/healthz"))
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200);
+            drop(exporter);
+        });
     }
 
     #[test]

@@ -40,10 +40,8 @@ mod builder;
 mod clock;
 mod diagnostics;
 mod error;
-#[allow(dead_code)]
 mod exporter;
 mod health;
-#[allow(dead_code)]
 mod metrics;
 mod monitor;
 mod notify;

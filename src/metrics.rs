@@ -99,6 +99,7 @@ struct RuntimeChildren {
     /// Indexed like [`VERDICTS`].
     by_verdict: Vec<IntCounter>,
     /// Indexed by worker number.
+    #[allow(dead_code)] // Set by the worker-stuck detection (a later issue).
     worker_stuck: Vec<IntGauge>,
 }
 
@@ -573,6 +574,7 @@ impl Metrics {
     }
 
     /// Sets `loopwatch_worker_stuck` for one worker of one runtime.
+    #[allow(dead_code)] // Called by the worker-stuck detection (a later issue).
     pub(crate) fn set_worker_stuck(&self, runtime: usize, worker: usize, stuck: bool) {
         let Some(rt) = self.runtimes.get(runtime) else {
             return;

@@ -27,6 +27,7 @@ use crate::builder::{Settings, StallCallback};
 use crate::clock::{self, micros, us};
 use crate::diagnostics::{Diagnostics, Outcome, StallContext};
 use crate::health::{LoopTracker, Transition};
+use crate::metrics::{Metrics, PingResult};
 use crate::notify::{Notifier, NotifyState};
 use crate::probe::{self, ProbeReading, ProbeShared};
 use crate::status::{human, LoopState, RuntimeStatus, StallEvent, Status};
@@ -75,6 +76,9 @@ pub(crate) struct Monitor {
     loops: Vec<Watched>,
     on_stall: Option<StallCallback>,
     diag: Diagnostics,
+    metrics: Arc<Metrics>,
+    /// Per runtime: when the last answered probe was answered (metrics dedupe).
+    last_answer: Vec<u64>,
     threshold: u64,
     interval: u64,
     ping_every: Option<u64>,
@@ -95,10 +99,11 @@ impl Monitor {
         runtimes: Vec<(String, Handle)>,
         on_stall: Option<StallCallback>,
         diag: Diagnostics,
+        metrics: Arc<Metrics>,
     ) -> Monitor {
         let s = shared.settings.clone();
         let now = clock::now_us();
-        let loops = runtimes
+        let loops: Vec<Watched> = runtimes
             .into_iter()
             .map(|(name, handle)| Watched {
                 probe: probe::spawn(&handle, now),
@@ -109,9 +114,11 @@ impl Monitor {
             .collect();
         let pings = shared.notifier.is_some();
         Monitor {
+            last_answer: vec![u64::MAX; loops.len()],
             loops,
             on_stall,
             diag,
+            metrics,
             threshold: micros(s.threshold),
             interval: micros(s.probe_interval),
             ping_every: s.watchdog.filter(|_| pings).map(|w| micros(w / 4)),
@@ -193,6 +200,13 @@ impl Monitor {
             for t in w.tracker.observe(reading, now, self.threshold) {
                 events.push((i, t));
             }
+            if let ProbeReading::Answered { answered_at, .. } = reading {
+                if self.last_answer[i] != answered_at {
+                    self.last_answer[i] = answered_at;
+                    self.metrics.observe_probe(i, us(w.tracker.lag));
+                }
+            }
+            self.metrics.set_lag(i, us(w.tracker.lag));
             match reading {
                 ProbeReading::Answered { woken_at, .. } if now >= woken_at + self.interval => {
                     w.probe.wake(now)
@@ -212,7 +226,12 @@ impl Monitor {
             self.after_report(&outcome);
         }
         self.maybe_ping(now);
-        self.publish();
+        let deadline_left = match (self.ping_every, self.last_ping, self.shared.settings.watchdog) {
+            (Some(_), Some(last), Some(w)) => Some(us((last + micros(w)).saturating_sub(now))),
+            _ => None,
+        };
+        self.metrics.set_deadline_left(deadline_left);
+        self.publish(now);
     }
 
     fn on_transition(&mut self, i: usize, t: Transition, now: u64) {
@@ -228,7 +247,11 @@ impl Monitor {
                     human(lag)
                 );
                 self.send_status(now);
+                self.metrics.stall_started(i);
                 let outcome = self.diagnose(i, track, now);
+                if let Some(kind) = outcome.verdict {
+                    self.metrics.stall_classified(i, kind.as_str());
+                }
                 self.after_report(&outcome);
                 self.callback(StallEvent::Started {
                     runtime: name,
@@ -241,6 +264,7 @@ impl Monitor {
             Transition::StallEnded {
                 duration, ended_at, ..
             } => {
+                self.metrics.stall_ended(i, us(duration));
                 let outcome = self.diag.stall_ended(i, duration, ended_at);
                 tracing::warn!(
                     runtime = %name,
@@ -255,6 +279,7 @@ impl Monitor {
                 });
             }
             Transition::Gone => {
+                self.metrics.set_stalled(i, false);
                 if !self.shared.stop.load(Ordering::Acquire) {
                     tracing::warn!(
                         runtime = %name,
@@ -394,6 +419,7 @@ impl Monitor {
             {
                 Ok(_) => {
                     self.pings_sent += 1;
+                    self.metrics.ping(PingResult::Sent);
                     if self.notify_failure_logged {
                         tracing::info!("loopwatch reaches systemd's notify socket again");
                         self.notify_failure_logged = false;
@@ -401,6 +427,7 @@ impl Monitor {
                 }
                 Err(e) => {
                     self.pings_failed += 1;
+                    self.metrics.ping(PingResult::Failed);
                     self.notify_failed(&e);
                 }
             }
@@ -409,6 +436,7 @@ impl Monitor {
             self.last_suppressed = None;
         } else if due(self.last_ping) && due(self.last_suppressed) {
             self.pings_suppressed += 1;
+            self.metrics.ping(PingResult::Suppressed);
             self.last_suppressed = Some(now);
             self.send_status(now);
         }
@@ -443,8 +471,8 @@ impl Monitor {
         next.max(now + 100)
     }
 
-    fn publish(&self) {
-        let now = clock::now_us();
+    fn publish(&self, now: u64) {
+        let summary = self.status_line(now);
         let runtimes = self
             .loops
             .iter()
@@ -462,6 +490,7 @@ impl Monitor {
         let mut st = self.shared.status.lock();
         st.runtimes = runtimes;
         st.healthy = self.all_healthy();
+        st.summary = summary;
         st.last_ping = self.last_ping.map(clock::instant_of);
         st.pings_sent = self.pings_sent;
         st.pings_suppressed = self.pings_suppressed;
@@ -487,6 +516,7 @@ pub(crate) fn initial_status(settings: &Settings, names: &[String], pings: bool)
             })
             .collect(),
         healthy: true,
+        summary: "starting".to_string(),
         watchdog_interval: settings.watchdog,
         stall_threshold: settings.threshold,
         pings_enabled: pings && settings.watchdog.is_some(),
@@ -497,5 +527,91 @@ pub(crate) fn initial_status(settings: &Settings, names: &[String], pings: bool)
         callback_panics: 0,
         reports_written: 0,
         reports_failed: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::Builder;
+    use crate::diagnostics::Diagnostics;
+    use crate::notify::SystemdEnv;
+
+    fn rss_kib() -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * 4
+    }
+
+    /// A million probe cycles through the real monitor and a real runtime,
+    /// with the clock running as fast as the probe answers: resident memory
+    /// stays flat. Runs in a child process so other tests' allocations do
+    /// not disturb the measurement.
+    #[test]
+    fn a_million_probe_cycles_keep_memory_flat() {
+        if std::env::var("LOOPWATCH_TEST_ROLE").as_deref() != Ok("soak") {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "monitor::tests::a_million_probe_cycles_keep_memory_flat",
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env("LOOPWATCH_TEST_ROLE", "soak")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "soak child failed:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let b = Builder::new()
+            .watch("main", rt.handle().clone())
+            .stall_threshold(Duration::from_secs(5))
+            .probe_interval(Duration::from_micros(1))
+            .no_stack_capture()
+            .no_report_files();
+        let settings = Settings::resolve(&b, SystemdEnv::default()).unwrap();
+        let diag = Diagnostics::new(settings.clone(), settings.diagnostics.clone(), 1).unwrap();
+        let names = vec!["main".to_string()];
+        let shared = Arc::new(Shared {
+            status: Mutex::new(initial_status(&settings, &names, false)),
+            stop: AtomicBool::new(false),
+            notifier: None,
+            settings,
+        });
+        let registry = prometheus::Registry::new();
+        let metrics = Arc::new(
+            Metrics::new(&registry, &b.runtimes, Duration::from_secs(5)).unwrap(),
+        );
+        let mut m = Monitor::new(shared, b.runtimes, None, diag, metrics);
+        let cycles = |m: &Monitor| m.loops[0].probe.wakes();
+        let t0 = std::time::Instant::now();
+        while cycles(&m) < 100_000 {
+            m.tick(clock::now_us());
+        }
+        let warm = rss_kib();
+        while cycles(&m) < 1_000_000 {
+            m.tick(clock::now_us());
+            assert!(t0.elapsed() < Duration::from_secs(240), "soak too slow");
+        }
+        let end = rss_kib();
+        println!(
+            "soak: {} cycles in {:?}, RSS {warm} KiB -> {end} KiB",
+            cycles(&m),
+            t0.elapsed()
+        );
+        assert!(
+            end <= warm + 1024,
+            "resident memory grew from {warm} KiB to {end} KiB over 900k probe cycles"
+        );
+        assert_eq!(m.loops[0].tracker.stalls, 0);
     }
 }

@@ -98,6 +98,12 @@ impl ProbeShared {
         self.notify.notify_one();
     }
 
+    /// How many wakes have been sent.
+    #[cfg(test)]
+    pub(crate) fn wakes(&self) -> u64 {
+        self.wake_seq.load(Ordering::Acquire)
+    }
+
     /// The OS thread that last polled the probe.
     pub(crate) fn poller_tid(&self) -> Option<i32> {
         Some(self.poller.load(Ordering::Relaxed)).filter(|t| *t > 0)

@@ -300,7 +300,7 @@ fn syscall_name(number: i64) -> Option<&'static str> {
     ];
     NAMES
         .iter()
-        .find(|(nr, _)| i64::from(*nr) == number)
+        .find(|(nr, _)| *nr == number)
         .map(|(_, name)| *name)
 }
 

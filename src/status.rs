@@ -53,6 +53,9 @@ pub struct Status {
     pub runtimes: Vec<RuntimeStatus>,
     /// True when every runtime is healthy.
     pub healthy: bool,
+    /// One line for humans, as sent in systemd's `STATUS=`: for example
+    /// `event loop healthy, lag 0.3 ms` or `event loop "main" stalled for 2.1 s`.
+    pub summary: String,
     /// systemd's watchdog interval, when it applies to this process.
     pub watchdog_interval: Option<Duration>,
     /// The stall threshold in force.

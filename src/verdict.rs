@@ -132,6 +132,21 @@ pub(crate) fn is_runtime_frame(f: &Frame) -> bool {
     }
 }
 
+/// An application frame, and not an inherent method of a primitive type
+/// (`<u64>::unchecked_add`, inlined from core with no source path).
+fn is_app_frame(f: &Frame) -> bool {
+    if !f.is_application() {
+        return false;
+    }
+    match f.function.as_deref().and_then(|n| n.strip_prefix('<')) {
+        Some(rest) => {
+            let ty = rest.split([' ', '>']).next().unwrap_or("");
+            ty.contains("::")
+        }
+        None => true,
+    }
+}
+
 /// The innermost application frames of a stack, if the thread is in
 /// application code (an application frame inner to any tokio frame).
 pub(crate) fn application_frames(frames: &[Frame]) -> Vec<Frame> {
@@ -140,7 +155,7 @@ pub(crate) fn application_frames(frames: &[Frame]) -> Vec<Frame> {
         if is_runtime_frame(f) {
             break;
         }
-        if f.is_application() {
+        if is_app_frame(f) {
             out.push(f.clone());
             if out.len() == 8 {
                 break;
@@ -159,7 +174,17 @@ fn cpu_ratio(e: &Evidence<'_>, tid: i32) -> Option<f64> {
 fn first_app_function(t: &ThreadStack) -> Option<String> {
     application_frames(&t.frames)
         .first()
-        .and_then(|f| f.function.clone())
+        .and_then(|f| f.function.as_deref().map(enclosing_function))
+}
+
+/// A closure's (or async block's) enclosing named function:
+/// `demo::stall_spin::{{closure}}` is `demo::stall_spin`.
+pub(crate) fn enclosing_function(name: &str) -> String {
+    let mut n = name;
+    while let Some(stripped) = n.strip_suffix("::{{closure}}") {
+        n = stripped;
+    }
+    n.to_string()
 }
 
 fn thread_name(t: &ThreadStack) -> String {
@@ -229,7 +254,11 @@ pub(crate) fn decide(e: &Evidence<'_>) -> (Verdict, Option<Culprit>) {
         .map(|s| s.name.map(str::to_string).unwrap_or_else(|| format!("syscall {}", s.number)));
     let cpu = cpu_ratio(e, stuck.tid);
     let name = thread_name(stuck);
-    let culprit_fn = frames[0].function.clone().unwrap_or_else(|| "?".into());
+    let culprit_fn = frames[0]
+        .function
+        .as_deref()
+        .map(enclosing_function)
+        .unwrap_or_else(|| "?".into());
     evidence.push(format!(
         "loop thread {} ({name}) is in application code: {culprit_fn}",
         stuck.tid
@@ -249,13 +278,18 @@ pub(crate) fn decide(e: &Evidence<'_>) -> (Verdict, Option<Culprit>) {
             human(e.sample_gap)
         ));
     }
+    // Still inside the culprit (it may have called deeper, e.g. a closure
+    // of its own) at the second capture, or gone elsewhere?
     let moved = e.second.and_then(|second| {
         let later = second.iter().find(|t| t.tid == stuck.tid)?;
-        Some(first_app_function(later).as_deref() != Some(culprit_fn.as_str()))
+        let frames = application_frames(&later.frames);
+        Some(!frames.iter().any(|f| {
+            f.function.as_deref().map(enclosing_function).as_deref() == Some(culprit_fn.as_str())
+        }))
     });
     match moved {
         Some(false) => evidence.push(format!(
-            "the second capture finds it in the same function ({culprit_fn}): stuck"
+            "the second capture finds it still inside {culprit_fn}: stuck"
         )),
         Some(true) => evidence.push("the second capture finds it elsewhere: its stack moved".into()),
         None => {}
@@ -365,4 +399,63 @@ fn overload_or_unknown(
         },
         None,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(name: &str) -> Frame {
+        Frame {
+            ip: 1,
+            function: Some(name.into()),
+            file: Some("/src/app/main.rs".into()),
+            line: Some(1),
+            inlined: false,
+            module: Some("app".into()),
+        }
+    }
+
+    #[test]
+    fn closures_belong_to_their_function() {
+        assert_eq!(enclosing_function("demo::stall_spin::{{closure}}"), "demo::stall_spin");
+        assert_eq!(enclosing_function("demo::run::{{closure}}::{{closure}}"), "demo::run");
+        assert_eq!(enclosing_function("demo::run"), "demo::run");
+    }
+
+    #[test]
+    fn application_frames_stop_at_the_runtime() {
+        let idle = vec![
+            f("epoll_wait"),
+            f("tokio::runtime::park::Inner::park"),
+            f("app::main"),
+        ];
+        // `epoll_wait` is not in a system module here, so it counts; but the
+        // search stops at tokio: `app::main` outside the poll is not blamed.
+        assert_eq!(application_frames(&idle).len(), 1);
+        let busy = vec![
+            f("<u64>::unchecked_add"),
+            f("app::spin"),
+            f("app::handler"),
+            f("tokio::runtime::task::raw::poll"),
+            f("app::main"),
+        ];
+        let names: Vec<_> = application_frames(&busy)
+            .into_iter()
+            .map(|f| f.function.unwrap())
+            .collect();
+        assert_eq!(names, vec!["app::spin", "app::handler"]);
+    }
+
+    #[test]
+    fn a_paused_process_is_never_blamed_on_code() {
+        let e = Evidence {
+            lag: Duration::from_secs(2),
+            monitor_gap: Duration::from_millis(1900),
+            ..Evidence::default()
+        };
+        let (v, c) = decide(&e);
+        assert_eq!(v.kind, VerdictKind::ProcessPaused);
+        assert!(c.is_none());
+    }
 }

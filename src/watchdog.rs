@@ -18,6 +18,8 @@ use parking_lot::Mutex;
 
 use crate::builder::{Builder, Settings};
 use crate::diagnostics::Diagnostics;
+use crate::exporter::{Exporter, ExporterLimits, Health, HealthFn};
+use crate::metrics::Metrics;
 use crate::error::{Error, Result};
 use crate::monitor::{initial_status, Monitor, Shared};
 use crate::notify::{Notifier, NotifyState};
@@ -42,6 +44,8 @@ pub struct Watchdog {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     owns_notify: bool,
+    exporter: Option<Exporter>,
+    registry: prometheus::Registry,
 }
 
 impl std::fmt::Debug for Watchdog {
@@ -59,11 +63,19 @@ impl Watchdog {
     }
 
     pub(crate) fn start(builder: Builder, settings: Arc<Settings>) -> Result<Watchdog> {
-        let diag = Diagnostics::new(
+        let mut diag = Diagnostics::new(
             settings.clone(),
             settings.diagnostics.clone(),
             builder.runtimes.len(),
         )?;
+        let registry = builder.registry.clone().unwrap_or_default();
+        let metrics = Arc::new(Metrics::new(
+            &registry,
+            &builder.runtimes,
+            settings.threshold,
+        )?);
+        diag.metrics = Some(metrics.clone());
+        diag.registry = Some(registry.clone());
         let (notifier, owns_notify) = claim_notifier(&settings);
         let names: Vec<String> = builder.runtimes.iter().map(|(n, _)| n.clone()).collect();
         let shared = Arc::new(Shared {
@@ -73,7 +85,37 @@ impl Watchdog {
             settings: settings.clone(),
         });
         let report_dir = diag.report_dir().map(|p| p.display().to_string());
-        let monitor = Monitor::new(shared.clone(), builder.runtimes, builder.on_stall, diag);
+        let exporter = match &builder.metrics_addr {
+            Some(addr) => {
+                let status = shared.clone();
+                let health: HealthFn = Arc::new(move || {
+                    let st = status.status.lock();
+                    if st.healthy {
+                        Health::Healthy
+                    } else {
+                        Health::Unhealthy(st.summary.clone())
+                    }
+                });
+                let started = Exporter::start(addr, registry.clone(), health, ExporterLimits::default());
+                match started {
+                    Ok(e) => Some(e),
+                    Err(e) => {
+                        if owns_notify {
+                            NOTIFY_OWNED.store(false, Ordering::Release);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            None => None,
+        };
+        let monitor = Monitor::new(
+            shared.clone(),
+            builder.runtimes,
+            builder.on_stall,
+            diag,
+            metrics,
+        );
         let thread = std::thread::Builder::new()
             .name("loopwatch-monitor".into())
             .spawn(move || monitor.run())
@@ -99,6 +141,8 @@ impl Watchdog {
             shared,
             thread: Some(thread),
             owns_notify,
+            exporter,
+            registry,
         })
     }
 
@@ -124,6 +168,18 @@ impl Watchdog {
         }
     }
 
+    /// The registry holding loopwatch's metrics (the one given to
+    /// [`Builder::registry`], or loopwatch's own).
+    pub fn registry(&self) -> &prometheus::Registry {
+        &self.registry
+    }
+
+    /// The address `/metrics` and `/healthz` are served on, when
+    /// [`Builder::serve_metrics`] was used (the bound port, if 0 was asked).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.exporter.as_ref().map(Exporter::local_addr)
+    }
+
     /// The monitor's view as of its last tick.
     pub fn status(&self) -> Status {
         self.shared.status.lock().clone()
@@ -142,6 +198,9 @@ impl Watchdog {
     }
 
     fn stop(&mut self) {
+        if let Some(e) = self.exporter.take() {
+            e.shutdown();
+        }
         self.shared.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             t.thread().unpark();

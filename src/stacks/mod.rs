@@ -50,6 +50,10 @@ pub const MAX_STACK_BYTES: usize = 1024 * 1024;
 /// Longest accepted [`CaptureConfig::per_thread_timeout`].
 pub const MAX_PER_THREAD_TIMEOUT: Duration = Duration::from_secs(1);
 /// Frames kept per thread; deeper stacks are cut (and say so).
+#[cfg_attr(
+    not(all(target_os = "linux", target_arch = "x86_64")),
+    allow(dead_code)
+)]
 pub const MAX_FRAMES: usize = 256;
 
 /// How stacks are captured.
@@ -257,7 +261,10 @@ impl Frame {
     /// standard library, the async runtime, locks, loopwatch or libc.
     ///
     /// False for frames without a function name; in a system module (libc,
-    /// the dynamic loader, the vdso, ...); whose function is in one of
+    /// the dynamic loader, the vdso, ...); whose source file belongs to the
+    /// Rust standard library (`/rustc/<hash>/library/...`), to loopwatch, or
+    /// to one of the crates below (found from the `registry/src/<index>/<crate>-<version>/`
+    /// or `vendor/<crate>/` part of the path); whose function is in one of
     /// `std`, `core`, `alloc`, `tokio`, `tokio_util`, `mio`, `parking_lot`,
     /// `parking_lot_core`, `lock_api`, `futures_*`, `hashbrown`, `tracing`,
     /// `tracing_core`, `backtrace`, `loopwatch`; whose name starts with `__`
@@ -266,6 +273,10 @@ impl Frame {
     /// crates' types, or a bare generic (`F`) and `Trait` is theirs (closure
     /// shims such as `<F as core::ops::FnOnce>::call_once`). True otherwise:
     /// `<myapp::Db as core::future::Future>::poll` is the application's.
+    ///
+    /// The source file matters for inlined frames of binaries built with
+    /// `debug = "line-tables-only"`: their names carry no path
+    /// (`call_once<F>` rather than `core::ops::FnOnce::call_once`).
     ///
     /// The stall verdict names the innermost application frame.
     pub fn is_application(&self) -> bool {
@@ -277,6 +288,9 @@ impl Frame {
                 return false;
             }
         }
+        if self.file.as_deref().is_some_and(is_runtime_file) {
+            return false;
+        }
         if function.starts_with("__") || RUNTIME_ENTRY_POINTS.contains(&function) {
             return false;
         }
@@ -285,6 +299,38 @@ impl Frame {
         }
         !is_runtime_path(function)
     }
+}
+
+/// loopwatch's own sources, as recorded in debug info.
+const OWN_SOURCES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/");
+
+/// Whether a source path belongs to the standard library, loopwatch, or a
+/// crate of [`RUNTIME_CRATES`].
+fn is_runtime_file(path: &str) -> bool {
+    if path.starts_with("/rustc/")
+        || path.contains("/lib/rustlib/src/rust/library/")
+        || path.starts_with(OWN_SOURCES)
+    {
+        return true;
+    }
+    let package = if let Some((_, rest)) = path.split_once("/registry/src/") {
+        // <index>/<crate>-<version>/...
+        rest.split('/').nth(1)
+    } else if let Some((_, rest)) = path.rsplit_once("/vendor/") {
+        rest.split('/').next()
+    } else {
+        None
+    };
+    let Some(package) = package else {
+        return false;
+    };
+    // Strip "-<version>": the first '-' followed by a digit.
+    let name = package
+        .char_indices()
+        .find(|&(i, c)| c == '-' && package[i + 1..].starts_with(|d: char| d.is_ascii_digit()))
+        .map_or(package, |(i, _)| &package[..i])
+        .replace('-', "_");
+    RUNTIME_CRATES.contains(&name.as_str()) || name.starts_with("futures_")
 }
 
 /// `<T as Trait>::f`, given what follows the first `<`.
@@ -381,8 +427,16 @@ pub struct StackSampler {
     never: Never,
 }
 
+/// Uninhabited: on unsupported targets no sampler can exist.
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
 enum Never {}
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+impl Never {
+    fn unreachable(&self) -> ! {
+        match *self {}
+    }
+}
 
 impl std::fmt::Debug for StackSampler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -430,7 +484,7 @@ impl StackSampler {
         #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
         {
             let _ = tids;
-            match self.never {}
+            self.never.unreachable()
         }
     }
 
@@ -599,6 +653,8 @@ mod imp {
                                     "stack pointer outside every known mapping; stack not copied"
                                         .into(),
                                 )
+                            } else if len == 0 {
+                                Some("the stack could not be read".into())
                             } else {
                                 result
                                     .stopped
@@ -612,13 +668,17 @@ mod imp {
                         }
                         Sample::Exited => t.outcome = CaptureOutcome::Exited,
                         Sample::TimedOut => {
-                            if task_exists(t.tid) {
+                            let now = procfs::read_thread(t.tid);
+                            let dead = now
+                                .as_ref()
+                                .is_some_and(|f| matches!(f.state, 'Z' | 'X' | 'x'));
+                            if task_exists(t.tid) && !dead {
                                 t.outcome = CaptureOutcome::Unresponsive;
                                 t.detail = Some(format!(
                                     "no answer to signal {} within {:?}",
                                     config.signal, config.per_thread_timeout
                                 ));
-                                t.facts = procfs::read_thread(t.tid).or(t.facts.take());
+                                t.facts = now.or(t.facts.take());
                             } else {
                                 t.outcome = CaptureOutcome::Exited;
                             }

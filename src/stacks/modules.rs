@@ -35,6 +35,10 @@ pub(crate) struct KnownModule {
     pub range: Range<u64>,
     /// File name (no directory), or `[vdso]`.
     pub name: String,
+    /// Path to open the module's file with (`None` for the vdso).
+    pub path: Option<String>,
+    /// Actual minus stated addresses, when the module could be read.
+    pub bias: Option<u64>,
 }
 
 /// The unwinder with its module list and rule cache.
@@ -92,14 +96,16 @@ impl Modules {
             }
             let name = candidate.name();
             match load_module(&candidate) {
-                Some((module, has_cfi)) => {
-                    self.unwinder.add_module(module);
-                    if !has_cfi {
+                Some(loaded) => {
+                    self.unwinder.add_module(loaded.module);
+                    if !loaded.has_cfi {
                         tracing::debug!(module = %name, "no .eh_frame: frame-pointer unwinding only");
                     }
                     self.known.push(KnownModule {
                         range: candidate.range.clone(),
                         name,
+                        path: loaded.path,
+                        bias: Some(loaded.bias),
                     });
                     added += 1;
                 }
@@ -110,6 +116,8 @@ impl Modules {
                     self.known.push(KnownModule {
                         range: candidate.range.clone(),
                         name,
+                        path: None,
+                        bias: None,
                     });
                 }
             }
@@ -215,36 +223,44 @@ fn group_modules(maps: &[Mapping]) -> Vec<Candidate<'_>> {
     groups
 }
 
+/// A module read for the unwinder.
+struct Loaded {
+    module: Module<Vec<u8>>,
+    has_cfi: bool,
+    bias: u64,
+    path: Option<String>,
+}
+
 /// Reads a module's unwind sections and computes its load bias.
-fn load_module(c: &Candidate<'_>) -> Option<(Module<Vec<u8>>, bool)> {
+fn load_module(c: &Candidate<'_>) -> Option<Loaded> {
     if c.path == "[vdso]" {
         let image = super::sys::read_vdso(c.range.start, c.range.end)?;
         let obj = object::File::parse(&image[..]).ok()?;
-        return build_module(c, &obj);
+        return build_module(c, &obj, None);
     }
-    let file = open_module_file(c)?;
+    let (file, path) = open_module_file(c)?;
     let cache = object::ReadCache::new(file);
     let obj = object::File::parse(&cache).ok()?;
-    build_module(c, &obj)
+    build_module(c, &obj, Some(path))
 }
 
 /// Opens the mapped file; for a file deleted since it was mapped (an
 /// upgraded binary), tries the kernel's `map_files` link.
-fn open_module_file(c: &Candidate<'_>) -> Option<fs::File> {
+fn open_module_file(c: &Candidate<'_>) -> Option<(fs::File, String)> {
+    let open = |p: &str| fs::File::open(p).ok().map(|f| (f, p.to_string()));
     if let Some(stripped) = c.path.strip_suffix(" (deleted)") {
         let m = c.mappings.first()?;
         let link = format!("/proc/self/map_files/{:x}-{:x}", m.start, m.end);
-        return fs::File::open(link)
-            .or_else(|_| fs::File::open(stripped))
-            .ok();
+        return open(&link).or_else(|| open(stripped));
     }
-    fs::File::open(c.path).ok()
+    open(c.path)
 }
 
 fn build_module<'data, R: object::ReadRef<'data>>(
     c: &Candidate<'_>,
     obj: &object::File<'data, R>,
-) -> Option<(Module<Vec<u8>>, bool)> {
+    path: Option<String>,
+) -> Option<Loaded> {
     if obj.format() != object::BinaryFormat::Elf {
         return None;
     }
@@ -282,7 +298,12 @@ fn build_module<'data, R: object::ReadRef<'data>>(
     if c.range.end.checked_sub(bias)? > u64::from(u32::MAX) {
         return None;
     }
-    Some((Module::new(c.name(), c.range.clone(), bias, info), has_cfi))
+    Some(Loaded {
+        module: Module::new(c.name(), c.range.clone(), bias, info),
+        has_cfi,
+        bias,
+        path,
+    })
 }
 
 /// The load bias: actual address minus the address stated in the ELF file.

@@ -251,6 +251,7 @@ impl Manager {
             Ok(t) => t,
             Err(e) => panic!("{e}"),
         };
+        sweep_stale_cgroups();
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let cg_name = format!("loopwatch-e2e-{}-{}-{}", std::process::id(), seq, label);
@@ -271,8 +272,7 @@ impl Manager {
         fs::create_dir_all(&unit_dir).expect("create unit dir");
         // No session bus here: keep the manager from socket-activating one.
         for masked in ["dbus.socket", "dbus.service"] {
-            std::os::unix::fs::symlink("/dev/null", unit_dir.join(masked))
-                .expect("mask a unit");
+            std::os::unix::fs::symlink("/dev/null", unit_dir.join(masked)).expect("mask a unit");
         }
         fs::write(dir.path().join("manager.log"), "").expect("create manager.log");
 
@@ -313,7 +313,10 @@ impl Manager {
             .arg(dir.path())
             .args(&cgroups)
             .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .env("HOME", &home)
             .env("LANG", "C.UTF-8")
             .env("XDG_RUNTIME_DIR", &runtime_dir)
@@ -381,10 +384,15 @@ impl Manager {
         self.dir.path()
     }
 
-    /// Writes `name` into the manager's unit directory and reloads.
-    pub fn install_unit(&self, name: &str, text: &str) {
+    /// Writes `name` into the manager's unit directory (no reload).
+    pub fn write_unit(&self, name: &str, text: &str) {
         let path = self.config_dir.join("systemd/user").join(name);
         fs::write(&path, text).expect("write unit file");
+    }
+
+    /// Writes `name` into the manager's unit directory and reloads.
+    pub fn install_unit(&self, name: &str, text: &str) {
+        self.write_unit(name, text);
         self.systemctl_ok(&["daemon-reload"]);
     }
 
@@ -398,7 +406,12 @@ impl Manager {
             .arg(pidns)
             .arg("--")
             .arg(&self.tools.systemctl)
-            .args(["--user", "--no-pager", "--no-ask-password", "--timestamp=us+utc"])
+            .args([
+                "--user",
+                "--no-pager",
+                "--no-ask-password",
+                "--timestamp=us+utc",
+            ])
             .args(args)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -522,7 +535,12 @@ impl Manager {
             let lines: Vec<&str> = text.lines().collect();
             lines[lines.len().saturating_sub(n)..].join("\n")
         };
-        let _ = writeln!(s, "---- diagnostics for manager {:?} ({})", self.label, self.dir().display());
+        let _ = writeln!(
+            s,
+            "---- diagnostics for manager {:?} ({})",
+            self.label,
+            self.dir().display()
+        );
         if let Some(unit) = unit {
             if self.runtime_dir.join("systemd/private").exists() {
                 let out = self.systemctl(&["status", "--lines=0", unit]);
@@ -533,16 +551,31 @@ impl Manager {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
-            let out = fs::read_to_string(self.dir().join(format!("{unit}.out"))).unwrap_or_default();
-            let _ = writeln!(s, "---- {unit} stdout/stderr (last 60 lines)\n{}", tail(&out, 60));
+            let out =
+                fs::read_to_string(self.dir().join(format!("{unit}.out"))).unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "---- {unit} stdout/stderr (last 60 lines)\n{}",
+                tail(&out, 60)
+            );
         }
         let init = fs::read_to_string(self.dir().join("init.log")).unwrap_or_default();
         let _ = writeln!(s, "---- namespace init\n{}", tail(&init, 20));
-        let _ = writeln!(s, "---- manager log (last 60 lines)\n{}", tail(&self.manager_log(), 60));
+        let _ = writeln!(
+            s,
+            "---- manager log (last 60 lines)\n{}",
+            tail(&self.manager_log(), 60)
+        );
         let _ = writeln!(s, "---- files");
         for e in walk(self.dir()) {
             if let Ok(md) = e.metadata() {
-                let _ = writeln!(s, "{} {:o} {} bytes", e.display(), md.permissions().mode() & 0o7777, md.len());
+                let _ = writeln!(
+                    s,
+                    "{} {:o} {} bytes",
+                    e.display(),
+                    md.permissions().mode() & 0o7777,
+                    md.len()
+                );
             }
         }
         s
@@ -556,7 +589,9 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
             let p = e.path();
             let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
             if is_dir {
-                if p.file_name().is_some_and(|n| n == "runtime" || n == "config") {
+                if p.file_name()
+                    .is_some_and(|n| n == "runtime" || n == "config")
+                {
                     continue;
                 }
                 out.extend(walk(&p));
@@ -593,13 +628,38 @@ fn remove_cgroup_tree(dir: &Path) {
     let _ = fs::remove_dir(dir);
 }
 
+/// Removes the empty cgroups of managers whose test process died without
+/// cleaning up (killed by SIGKILL, say: the namespace dies with it, but its
+/// cgroup directories stay).
+fn sweep_stale_cgroups() {
+    for h in all_cgroup_hierarchies() {
+        for e in fs::read_dir(&h).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix("loopwatch-e2e-") else {
+                continue;
+            };
+            let owner = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            let Some(owner) = owner else { continue };
+            if Path::new(&format!("/proc/{owner}")).exists() {
+                continue;
+            }
+            if cgroup_tree_procs(&e.path()) == 0 {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+}
+
 impl Drop for Manager {
     fn drop(&mut self) {
         // SIGKILL to unshare; --kill-child then kills the namespace's init,
         // and with it every process of the PID namespace.
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let name = self.cgroups.first().and_then(|c| c.file_name().map(|n| n.to_owned()));
+        let name = self
+            .cgroups
+            .first()
+            .and_then(|c| c.file_name().map(|n| n.to_owned()));
         let Some(name) = name else { return };
         let trees: Vec<PathBuf> = all_cgroup_hierarchies()
             .into_iter()
@@ -673,6 +733,7 @@ impl UnitState {
             "Result",
             "ExecMainCode",
             "ExecMainStatus",
+            "ExecMainPID",
             "MainPID",
             "NRestarts",
             "WatchdogTimestamp",
