@@ -94,6 +94,10 @@ struct ActiveStall {
     second_due: Option<u64>,
 }
 
+/// CPU times of every thread, taken while a probe was late: (the late
+/// probe's wake time, when sampled, CPU time per tid).
+type Presample = (u64, u64, HashMap<i32, Duration>);
+
 /// Counters the metrics read.
 #[derive(Debug, Default)]
 pub(crate) struct DiagnosticsCounters {
@@ -108,7 +112,7 @@ pub(crate) struct Diagnostics {
     sampler: Option<Arc<StackSampler>>,
     store: ReportStore,
     stalls: Vec<Option<ActiveStall>>,
-    presamples: Vec<Option<(u64, u64, HashMap<i32, Duration>)>>,
+    presamples: Vec<Option<Presample>>,
     seq: u64,
     /// loopwatch's metrics: report and capture counters, and the text
     /// snapshot in each report.
@@ -149,7 +153,9 @@ impl Diagnostics {
     /// not pay for loading debug info (hundreds of ms for a debug binary)
     /// and the monitor starts watching at once.
     pub(crate) fn warm_up(&self) {
-        let Some(s) = self.sampler.clone() else { return };
+        let Some(s) = self.sampler.clone() else {
+            return;
+        };
         let spawned = std::thread::Builder::new()
             .name("loopwatch-warmup".into())
             .spawn(move || {
@@ -253,7 +259,10 @@ impl Diagnostics {
                 lag_seconds: us(*lag).as_secs_f64(),
             })
             .collect();
-        let lag = us(ctx.now.saturating_sub(ctx.track.started_at).max(ctx.track.max_lag));
+        let lag = us(ctx
+            .now
+            .saturating_sub(ctx.track.started_at)
+            .max(ctx.track.max_lag));
         let report = StallReport {
             id,
             loopwatch_version: env!("CARGO_PKG_VERSION"),
@@ -482,7 +491,10 @@ fn cpu_sample() -> HashMap<i32, Duration> {
         .collect()
 }
 
-fn cpu_delta_from(before: &HashMap<i32, Duration>, after: &[ThreadStack]) -> HashMap<i32, Duration> {
+fn cpu_delta_from(
+    before: &HashMap<i32, Duration>,
+    after: &[ThreadStack],
+) -> HashMap<i32, Duration> {
     after
         .iter()
         .filter_map(|t| {

@@ -113,9 +113,13 @@ impl LoopTracker {
         }
         match (self.stall.as_mut(), reading) {
             // Only a probe sent since the stall began can end it.
-            (Some(stall), ProbeReading::Answered { answered_at, woken_at })
-                if woken_at >= stall.started_at =>
-            {
+            (
+                Some(stall),
+                ProbeReading::Answered {
+                    answered_at,
+                    woken_at,
+                },
+            ) if woken_at >= stall.started_at => {
                 stall.max_lag = stall.max_lag.max(lag);
                 let stall = *stall;
                 self.stall = None;
@@ -237,13 +241,22 @@ mod tests {
     fn a_pause_is_a_stall_that_only_a_fresh_probe_ends() {
         let mut t = LoopTracker::default();
         assert!(t.observe(answered(0, 10), 20, T).is_empty());
-        assert!(matches!(t.paused(100, 2_000_100), Some(Transition::StallStarted(_))));
+        assert!(matches!(
+            t.paused(100, 2_000_100),
+            Some(Transition::StallStarted(_))
+        ));
         assert!(t.paused(100, 2_000_200).is_none(), "one stall at a time");
         // The probe answered before the pause does not end it.
         assert!(t.observe(answered(0, 10), 2_000_100, T).is_empty());
         let tr = t.observe(answered(2_000_100, 2_000_150), 2_000_200, T);
         assert!(
-            matches!(tr[..], [Transition::StallEnded { duration: 2_000_050, .. }]),
+            matches!(
+                tr[..],
+                [Transition::StallEnded {
+                    duration: 2_000_050,
+                    ..
+                }]
+            ),
             "{tr:?}"
         );
     }

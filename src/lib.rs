@@ -46,12 +46,12 @@ mod metrics;
 mod monitor;
 mod notify;
 mod probe;
+mod procfs;
 mod report;
 mod report_store;
-mod verdict;
-mod procfs;
 mod stacks;
 mod status;
+mod verdict;
 mod watchdog;
 
 pub use builder::{Builder, DEFAULT_PROBE_INTERVAL, DEFAULT_STALL_THRESHOLD};
@@ -63,6 +63,6 @@ pub use report::{
 };
 pub use report_store::DEFAULT_KEEP_REPORTS;
 pub use stacks::{CaptureOutcome, Frame};
-pub use verdict::{Culprit, Verdict, VerdictKind};
 pub use status::{LoopState, RuntimeStatus, StallEvent, Status};
+pub use verdict::{Culprit, Verdict, VerdictKind};
 pub use watchdog::Watchdog;

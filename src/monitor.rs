@@ -226,7 +226,11 @@ impl Monitor {
             self.after_report(&outcome);
         }
         self.maybe_ping(now);
-        let deadline_left = match (self.ping_every, self.last_ping, self.shared.settings.watchdog) {
+        let deadline_left = match (
+            self.ping_every,
+            self.last_ping,
+            self.shared.settings.watchdog,
+        ) {
             (Some(_), Some(last), Some(w)) => Some(us((last + micros(w)).saturating_sub(now))),
             _ => None,
         };
@@ -302,7 +306,9 @@ impl Monitor {
             if loop_tids.contains(&tid) {
                 continue;
             }
-            if crate::procfs::read_thread(tid).is_some_and(|f| f.name.starts_with("tokio-runtime-w")) {
+            if crate::procfs::read_thread(tid)
+                .is_some_and(|f| f.name.starts_with("tokio-runtime-w"))
+            {
                 loop_tids.push(tid);
             }
         }
@@ -314,7 +320,11 @@ impl Monitor {
                 g.to.min(now).saturating_sub(from)
             })
             .sum();
-        let deadline = match (self.ping_every, self.last_ping, self.shared.settings.watchdog) {
+        let deadline = match (
+            self.ping_every,
+            self.last_ping,
+            self.shared.settings.watchdog,
+        ) {
             (Some(_), Some(last), Some(wd)) => Some(last + micros(wd)),
             _ => None,
         };
@@ -335,7 +345,9 @@ impl Monitor {
     /// Acts on what a diagnostics step asks for.
     fn after_report(&mut self, outcome: &Outcome) {
         if outcome.trigger_watchdog {
-            tracing::warn!("loopwatch: report written; asking systemd to act now (WATCHDOG=trigger)");
+            tracing::warn!(
+                "loopwatch: report written; asking systemd to act now (WATCHDOG=trigger)"
+            );
             if let Err(e) = self.shared.notify(&[NotifyState::WatchdogTrigger]) {
                 self.notify_failed(&e);
             }
@@ -499,7 +511,6 @@ impl Monitor {
         st.reports_written = self.diag.counters.reports_written.load(Ordering::Relaxed);
         st.reports_failed = self.diag.counters.reports_failed.load(Ordering::Relaxed);
     }
-
 }
 
 /// The initial status, before the first tick.
@@ -588,9 +599,8 @@ mod tests {
             settings,
         });
         let registry = prometheus::Registry::new();
-        let metrics = Arc::new(
-            Metrics::new(&registry, &b.runtimes, Duration::from_secs(5)).unwrap(),
-        );
+        let metrics =
+            Arc::new(Metrics::new(&registry, &b.runtimes, Duration::from_secs(5)).unwrap());
         let mut m = Monitor::new(shared, b.runtimes, None, diag, metrics);
         let cycles = |m: &Monitor| m.loops[0].probe.wakes();
         let t0 = std::time::Instant::now();

@@ -336,7 +336,11 @@ impl StallReport {
             s,
             "event loop {:?} {} — verdict: {}",
             self.runtime,
-            if self.recovered { "RECOVERED" } else { "STALLED" },
+            if self.recovered {
+                "RECOVERED"
+            } else {
+                "STALLED"
+            },
             self.verdict.kind
         );
         let _ = writeln!(s, "  {}", self.verdict.summary);
@@ -347,7 +351,11 @@ impl StallReport {
                     (Some(f), None) => format!(" in {f}"),
                     _ => String::new(),
                 };
-                let _ = writeln!(s, "culprit: {}{loc} (thread {} {:?})", c.function, c.tid, c.thread);
+                let _ = writeln!(
+                    s,
+                    "culprit: {}{loc} (thread {} {:?})",
+                    c.function, c.tid, c.thread
+                );
             }
             None => {
                 let _ = writeln!(s, "culprit: none found in application code");

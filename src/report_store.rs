@@ -41,14 +41,16 @@ impl ReportDirSetting {
         match self {
             ReportDirSetting::Dir(p) => Some(p.clone()),
             ReportDirSetting::Disabled => None,
-            ReportDirSetting::Default => ["STATE_DIRECTORY", "RUNTIME_DIRECTORY"]
-                .iter()
-                .find_map(|v| {
-                    let val = std::env::var_os(v)?;
-                    // systemd separates several directories with ':'.
-                    let first = val.to_string_lossy().split(':').next()?.to_string();
-                    (!first.is_empty()).then(|| PathBuf::from(first).join("loopwatch"))
-                }),
+            ReportDirSetting::Default => {
+                ["STATE_DIRECTORY", "RUNTIME_DIRECTORY"]
+                    .iter()
+                    .find_map(|v| {
+                        let val = std::env::var_os(v)?;
+                        // systemd separates several directories with ':'.
+                        let first = val.to_string_lossy().split(':').next()?.to_string();
+                        (!first.is_empty()).then(|| PathBuf::from(first).join("loopwatch"))
+                    })
+            }
         }
     }
 }
@@ -175,7 +177,9 @@ fn prune(dir: &Path, keep: usize) -> io::Result<()> {
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let id = name.strip_prefix("stall-")?;
-            let id = id.strip_suffix(".json").or_else(|| id.strip_suffix(".txt"))?;
+            let id = id
+                .strip_suffix(".json")
+                .or_else(|| id.strip_suffix(".txt"))?;
             Some(id.to_string())
         })
         .collect();

@@ -239,7 +239,8 @@ pub(crate) fn decide(e: &Evidence<'_>) -> (Verdict, Option<Culprit>) {
                 t.tid,
                 thread_name(t),
                 f.map_or("?".into(), |f| format!("{} ({})", f.state, f.state_name)),
-                f.and_then(|f| f.wchan.clone()).unwrap_or_else(|| "-".into()),
+                f.and_then(|f| f.wchan.clone())
+                    .unwrap_or_else(|| "-".into()),
             ));
         }
     }
@@ -249,9 +250,11 @@ pub(crate) fn decide(e: &Evidence<'_>) -> (Verdict, Option<Culprit>) {
     };
     let facts = stuck.facts.as_ref();
     let state = facts.map(|f| f.state).unwrap_or('?');
-    let syscall = facts
-        .and_then(|f| f.syscall.as_ref())
-        .map(|s| s.name.map(str::to_string).unwrap_or_else(|| format!("syscall {}", s.number)));
+    let syscall = facts.and_then(|f| f.syscall.as_ref()).map(|s| {
+        s.name
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("syscall {}", s.number))
+    });
     let cpu = cpu_ratio(e, stuck.tid);
     let name = thread_name(stuck);
     let culprit_fn = frames[0]
@@ -291,7 +294,9 @@ pub(crate) fn decide(e: &Evidence<'_>) -> (Verdict, Option<Culprit>) {
         Some(false) => evidence.push(format!(
             "the second capture finds it still inside {culprit_fn}: stuck"
         )),
-        Some(true) => evidence.push("the second capture finds it elsewhere: its stack moved".into()),
+        Some(true) => {
+            evidence.push("the second capture finds it elsewhere: its stack moved".into())
+        }
         None => {}
     }
 
@@ -319,7 +324,9 @@ pub(crate) fn decide(e: &Evidence<'_>) -> (Verdict, Option<Culprit>) {
                     .and_then(|f| f.syscall.as_ref())
                     .is_some_and(|s| s.name == Some("futex"))
             })
-            .filter_map(|t| first_app_function(t).map(|f| format!("{} ({}) in {f}", t.tid, thread_name(t))))
+            .filter_map(|t| {
+                first_app_function(t).map(|f| format!("{} ({}) in {f}", t.tid, thread_name(t)))
+            })
             .collect();
         if !others.is_empty() {
             evidence.push(format!(
@@ -384,7 +391,8 @@ fn overload_or_unknown(
         return (
             Verdict {
                 kind: VerdictKind::Overload,
-                summary: "the event loop is overloaded: busy with many polls, no single stuck task".into(),
+                summary: "the event loop is overloaded: busy with many polls, no single stuck task"
+                    .into(),
                 evidence,
             },
             None,
@@ -418,8 +426,14 @@ mod tests {
 
     #[test]
     fn closures_belong_to_their_function() {
-        assert_eq!(enclosing_function("demo::stall_spin::{{closure}}"), "demo::stall_spin");
-        assert_eq!(enclosing_function("demo::run::{{closure}}::{{closure}}"), "demo::run");
+        assert_eq!(
+            enclosing_function("demo::stall_spin::{{closure}}"),
+            "demo::stall_spin"
+        );
+        assert_eq!(
+            enclosing_function("demo::run::{{closure}}::{{closure}}"),
+            "demo::run"
+        );
         assert_eq!(enclosing_function("demo::run"), "demo::run");
     }
 

@@ -18,9 +18,9 @@ use parking_lot::Mutex;
 
 use crate::builder::{Builder, Settings};
 use crate::diagnostics::Diagnostics;
+use crate::error::{Error, Result};
 use crate::exporter::{Exporter, ExporterLimits, Health, HealthFn};
 use crate::metrics::Metrics;
-use crate::error::{Error, Result};
 use crate::monitor::{initial_status, Monitor, Shared};
 use crate::notify::{Notifier, NotifyState};
 use crate::status::Status;
@@ -96,7 +96,8 @@ impl Watchdog {
                         Health::Unhealthy(st.summary.clone())
                     }
                 });
-                let started = Exporter::start(addr, registry.clone(), health, ExporterLimits::default());
+                let started =
+                    Exporter::start(addr, registry.clone(), health, ExporterLimits::default());
                 match started {
                     Ok(e) => Some(e),
                     Err(e) => {

@@ -51,14 +51,18 @@ fn demo_report(kind: &str, stall_for: &str) -> Value {
 fn assert_verdict(r: &Value, kind: &str, culprit: &str) {
     let text = serde_json::to_string_pretty(r).unwrap();
     assert_eq!(r["verdict"]["kind"], kind, "wrong verdict:\n{text}");
-    let f = r["culprit"]["function"].as_str().unwrap_or_else(|| panic!("no culprit:\n{text}"));
+    let f = r["culprit"]["function"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no culprit:\n{text}"));
     assert!(
         f.ends_with(culprit),
         "culprit {f:?} is not the demo's {culprit}:\n{}",
         r["verdict"]
     );
     assert!(
-        r["culprit"]["file"].as_str().is_some_and(|f| f.ends_with("demo.rs")),
+        r["culprit"]["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("demo.rs")),
         "culprit has no source file:\n{}",
         r["culprit"]
     );
@@ -153,9 +157,15 @@ fn a_recovered_stall_leaves_a_report_with_its_duration() {
             .expect("a text report"),
     )
     .unwrap();
-    assert!(txt.contains("RECOVERED") && txt.contains("demo::stall_sleep"), "{txt}");
+    assert!(
+        txt.contains("RECOVERED") && txt.contains("demo::stall_sleep"),
+        "{txt}"
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("STALLED") && stdout.contains("RECOVERED"), "{stdout}");
+    assert!(
+        stdout.contains("STALLED") && stdout.contains("RECOVERED"),
+        "{stdout}"
+    );
 }
 
 /// A current_thread runtime on this thread, watched, with reports in `dir`.
@@ -237,7 +247,8 @@ fn an_unwritable_directory_falls_back_to_stderr_and_counts() {
     common::assert_child_ok(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("could not write stall report") && stderr.contains("loopwatch stall report"),
+        stderr.contains("could not write stall report")
+            && stderr.contains("loopwatch stall report"),
         "the compact report goes to stderr:\n{stderr}"
     );
 }
@@ -249,7 +260,13 @@ impl SmallTmpfs {
     fn new(size: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(dir.path())
             .status()
             .expect("run mount");
@@ -298,7 +315,11 @@ fn a_full_disk_leaves_no_partial_file() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, vec!["filler".to_string()], "partial files left behind");
+    assert_eq!(
+        names,
+        vec!["filler".to_string()],
+        "partial files left behind"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("loopwatch stall report"), "{stderr}");
 }
@@ -340,7 +361,10 @@ fn a_thread_that_blocks_the_signal_is_reported_unresponsive() {
         .find(|g| g["names"].to_string().contains("masked-thread"))
         .unwrap_or_else(|| panic!("masked thread missing: {r}"));
     assert_eq!(g["outcome"], "unresponsive", "{g}");
-    assert!(g["state"].as_str().is_some(), "its /proc state is shown: {g}");
+    assert!(
+        g["state"].as_str().is_some(),
+        "its /proc state is shown: {g}"
+    );
     // The rest of the report is complete.
     assert_eq!(r["verdict"]["kind"], "blocked-syscall", "{}", r["verdict"]);
     assert!(r["culprit"]["function"]
@@ -369,5 +393,9 @@ fn sigstop_of_the_whole_process_is_process_paused() {
     let r = wait_for(Duration::from_secs(10), || newest_report(dir.path()))
         .expect("a report after SIGSTOP/SIGCONT");
     assert_eq!(r["verdict"]["kind"], "process-paused", "{}", r["verdict"]);
-    assert!(r["culprit"].is_null(), "never blamed on application code: {}", r["culprit"]);
+    assert!(
+        r["culprit"].is_null(),
+        "never blamed on application code: {}",
+        r["culprit"]
+    );
 }

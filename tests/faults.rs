@@ -34,7 +34,11 @@ fn run_loop_with_stall(healthy: Duration) -> loopwatch::Status {
     });
     let st = wd.status();
     wd.shutdown();
-    assert_eq!(st.runtime("main").unwrap().stalls, 1, "stall still detected: {st:?}");
+    assert_eq!(
+        st.runtime("main").unwrap().stalls,
+        1,
+        "stall still detected: {st:?}"
+    );
     assert!(st.healthy, "{st:?}");
     st
 }
@@ -80,7 +84,8 @@ fn an_abstract_notify_socket_receives_pings() {
     let name = format!("loopwatch-test-abstract-{}", std::process::id());
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
     let rx = UnixDatagram::bind_addr(&addr).unwrap();
-    rx.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
     let out = std::thread::scope(|s| {
         let h = s.spawn(|| {
             run_child(
@@ -140,7 +145,8 @@ fn pings_resume_when_the_socket_comes_back() {
         .spawn()
         .unwrap();
     let recv_for = |sock: &UnixDatagram, d: Duration| {
-        sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
         let end = Instant::now() + d;
         let mut n = 0;
         let mut buf = [0u8; 1024];
@@ -245,7 +251,10 @@ fn two_monitors_only_one_talks_to_systemd() {
     // One second at W/4 = 100 ms: about 10 pings, not 20.
     assert!((6..=14).contains(&pings), "{pings} pings in one second");
     let stopping = d.iter().filter(|g| g.has("STOPPING=1")).count();
-    assert_eq!(stopping, 1, "only the monitor that talks to systemd says STOPPING=1");
+    assert_eq!(
+        stopping, 1,
+        "only the monitor that talks to systemd says STOPPING=1"
+    );
 }
 
 #[test]
@@ -288,7 +297,11 @@ fn shutdown_during_a_stall_returns_promptly() {
         )
     });
     assert_child_ok(&out);
-    let at = d.iter().find(|g| g.marker() == Some("shutdown")).unwrap().at;
+    let at = d
+        .iter()
+        .find(|g| g.marker() == Some("shutdown"))
+        .unwrap()
+        .at;
     assert!(
         d.iter().any(|g| g.has("STOPPING=1") && g.at >= at),
         "STOPPING=1 during the stall: {d:#?}"

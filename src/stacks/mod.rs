@@ -503,7 +503,7 @@ mod imp {
     use framehop::FrameAddress;
 
     use super::modules::{Modules, Unwound};
-    use super::symbols::Symbolizer;
+    use super::symbols::{ModuleRef, Symbolizer};
     use super::sys::{self, Arena, Sample};
     use super::{maps, Capture, CaptureConfig, CaptureOutcome, Frame, Registers, ThreadStack};
     use crate::error::Error;
@@ -523,7 +523,10 @@ mod imp {
             let modules = Modules::load(&maps::read_maps());
             let modules_loaded = started.elapsed();
             let mut symbols = Symbolizer::new();
-            let warmed = symbols.warm();
+            let warmed = symbols.warm(|address| {
+                let m = modules.find(address)?;
+                Some((m.path.clone()?, m.bias?))
+            });
             tracing::debug!(
                 modules = modules.len(),
                 ?modules_loaded,
@@ -747,11 +750,17 @@ mod imp {
             let mut out = Vec::with_capacity(frames.len());
             for address in frames {
                 let ip = address.address();
-                let module = self
-                    .modules
-                    .find(address.address_for_lookup())
-                    .map(|m| m.name.clone());
-                let symbols = self.symbols.resolve(ip, address.is_return_address());
+                let known = self.modules.find(address.address_for_lookup());
+                let module = known.map(|m| m.name.clone());
+                let module_ref = known.and_then(|m| {
+                    Some(ModuleRef {
+                        path: m.path.as_deref()?,
+                        bias: m.bias?,
+                    })
+                });
+                let symbols = self
+                    .symbols
+                    .resolve(ip, address.is_return_address(), module_ref);
                 if symbols.is_empty() {
                     out.push(Frame {
                         ip,
