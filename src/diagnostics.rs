@@ -92,6 +92,8 @@ struct ActiveStall {
     first_at: u64,
     presample: Option<(u64, HashMap<i32, Duration>)>,
     second_due: Option<u64>,
+    /// Lock cycles found by parking_lot's checker (reported once by it).
+    deadlock: Vec<String>,
 }
 
 /// CPU times of every thread, taken while a probe was late: (the late
@@ -313,6 +315,7 @@ impl Diagnostics {
             first_at,
             presample,
             second_due,
+            deadlock: Vec::new(),
         };
         self.refresh(&mut stall, None, None);
         let path = self.write(&mut stall);
@@ -351,6 +354,7 @@ impl Diagnostics {
         second: Option<&[ThreadStack]>,
         second_at: Option<u64>,
     ) {
+        stall.deadlock.extend(deadlock_cycles());
         // CPU used: between the presample and the first capture, or between
         // the two captures when the second exists.
         let (cpu_used, gap) = match (second, second_at) {
@@ -372,7 +376,7 @@ impl Diagnostics {
             monitor_gap: stall.monitor_gap,
             lag: stall.lag,
             queue_depth: stall.queue_depth,
-            deadlock: deadlock_cycles(),
+            deadlock: stall.deadlock.clone(),
         };
         let (verdict, culprit) = decide(&evidence);
         stall.report.verdict = verdict;
@@ -512,18 +516,42 @@ fn cpu_delta(first: &[ThreadStack], second: &[ThreadStack]) -> HashMap<i32, Dura
     cpu_delta_from(&before, second)
 }
 
-/// Threads in a parking_lot lock cycle, with the `deadlock-detection` feature.
+/// Threads in a parking_lot lock cycle, with the `deadlock-detection`
+/// feature. parking_lot reports each cycle once, so callers keep them.
 #[cfg(feature = "deadlock-detection")]
 fn deadlock_cycles() -> Vec<String> {
     parking_lot::deadlock::check_deadlock()
         .iter()
         .enumerate()
         .map(|(i, cycle)| {
-            let ids: Vec<String> = cycle
+            let threads: Vec<String> = cycle
                 .iter()
-                .map(|t| format!("thread id {:#x}", t.thread_id()))
+                .map(|t| {
+                    let waiting_in = t
+                        .backtrace()
+                        .frames()
+                        .iter()
+                        .flat_map(|f| f.symbols())
+                        .filter_map(|s| s.name().map(|n| format!("{n:#}")))
+                        .find(|n| {
+                            ![
+                                "parking_lot",
+                                "lock_api",
+                                "std::",
+                                "core::",
+                                "backtrace",
+                                "loopwatch",
+                                "<",
+                            ]
+                            .iter()
+                            .any(|p| n.starts_with(p))
+                        })
+                        .map(|n| crate::verdict::enclosing_function(&n))
+                        .unwrap_or_else(|| "?".into());
+                    format!("{:?} waiting in {waiting_in}", t.thread_id())
+                })
                 .collect();
-            format!("cycle {}: {}", i + 1, ids.join(" <-> "))
+            format!("cycle {}: {}", i + 1, threads.join(" <-> "))
         })
         .collect()
 }

@@ -23,21 +23,33 @@ use serde::Serialize;
 ///
 /// Empty if `/proc` is not mounted. Threads may start or exit right after
 /// the directory was read; callers treat the list as a snapshot.
+///
+/// The kernel ends a listing of `task/` early when the thread it is
+/// visiting exits at that moment, so under thread churn one read can miss
+/// long-lived threads. The directory is therefore read until a read adds no
+/// new thread (at most four times) and the union is returned.
 pub fn list_threads() -> Vec<i32> {
     list_threads_in(Path::new("/proc/self/task"))
 }
 
 fn list_threads_in(dir: &Path) -> Vec<i32> {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut tids: Vec<i32> = entries
-        .filter_map(|entry| entry.ok())
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|tid| *tid > 0)
-        .collect();
-    tids.sort_unstable();
-    tids
+    let mut all = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let before = all.len();
+        let Ok(entries) = fs::read_dir(dir) else {
+            break;
+        };
+        all.extend(
+            entries
+                .filter_map(|entry| entry.ok())
+                .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|tid| *tid > 0),
+        );
+        if before > 0 && all.len() == before {
+            break;
+        }
+    }
+    all.into_iter().collect()
 }
 
 /// What `/proc` says about one thread at the moment it was read.

@@ -50,8 +50,11 @@ fn families_in(expr: &str) -> BTreeSet<String> {
 
 fn dashboard_exprs() -> Vec<String> {
     let d: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards/loopwatch.json"))
-            .unwrap(),
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/dashboards/loopwatch.json"
+        ))
+        .unwrap(),
     )
     .unwrap();
     let mut exprs = Vec::new();
@@ -80,7 +83,14 @@ fn every_metric_of_the_dashboard_and_rules_is_in_a_live_scrape_that_promtool_acc
     // Under a (fake) systemd watchdog, so that the deadline gauge exists too.
     let l = NotifyListener::new();
     let (_demo, addr) = demo_with_metrics(
-        &["--stall-after", "0.5", "--stall-for", "0.6", "--threshold-ms", "200"],
+        &[
+            "--stall-after",
+            "0.5",
+            "--stall-for",
+            "0.6",
+            "--threshold-ms",
+            "200",
+        ],
         &[l.env(), ("WATCHDOG_USEC".into(), "2000000".into())],
     );
     std::thread::sleep(Duration::from_millis(1800));
@@ -93,14 +103,22 @@ fn every_metric_of_the_dashboard_and_rules_is_in_a_live_scrape_that_promtool_acc
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    check.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = check.wait_with_output().unwrap();
     let findings = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success() && findings.trim().is_empty(), "promtool: {findings}");
+    assert!(
+        out.status.success() && findings.trim().is_empty(),
+        "promtool: {findings}"
+    );
 
     let present: BTreeSet<String> = text
         .lines()
@@ -108,19 +126,29 @@ fn every_metric_of_the_dashboard_and_rules_is_in_a_live_scrape_that_promtool_acc
         .filter_map(|l| l.split(['{', ' ']).next())
         .map(str::to_string)
         .collect();
-    let rules =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards/alerts.yml"))
-            .unwrap();
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dashboards/alerts.yml"
+    ))
+    .unwrap();
     let mut used = families_in(&rules);
     for e in dashboard_exprs() {
         used.extend(families_in(&e));
     }
-    assert!(used.len() >= 10, "too few metrics found in the dashboard and rules: {used:?}");
+    assert!(
+        used.len() >= 10,
+        "too few metrics found in the dashboard and rules: {used:?}"
+    );
     let missing: Vec<_> = used.iter().filter(|m| !present.contains(*m)).collect();
-    assert!(missing.is_empty(), "used but not in a live scrape: {missing:?}\n{text}");
+    assert!(
+        missing.is_empty(),
+        "used but not in a live scrape: {missing:?}\n{text}"
+    );
     // The stall was counted by verdict.
     assert!(
-        text.contains("loopwatch_stalls_by_verdict_total{runtime=\"main\",verdict=\"blocked-syscall\"} 1"),
+        text.contains(
+            "loopwatch_stalls_by_verdict_total{runtime=\"main\",verdict=\"blocked-syscall\"} 1"
+        ),
         "{text}"
     );
 }
@@ -128,7 +156,14 @@ fn every_metric_of_the_dashboard_and_rules_is_in_a_live_scrape_that_promtool_acc
 #[test]
 fn healthz_and_metrics_answer_during_a_stall() {
     let (_demo, addr) = demo_with_metrics(
-        &["--stall-after", "1", "--stall-for", "3", "--threshold-ms", "200"],
+        &[
+            "--stall-after",
+            "1",
+            "--stall-for",
+            "3",
+            "--threshold-ms",
+            "200",
+        ],
         &[],
     );
     let (code, body) = http_get(&addr, "/healthz", Duration::from_secs(2)).unwrap();
@@ -138,7 +173,10 @@ fn healthz_and_metrics_answer_during_a_stall() {
         (code == 503).then_some(body)
     })
     .expect("/healthz turns 503 during the stall");
-    assert!(reason.contains("stalled for"), "one-line reason: {reason:?}");
+    assert!(
+        reason.contains("stalled for"),
+        "one-line reason: {reason:?}"
+    );
     let t0 = Instant::now();
     let text = scrape(&addr);
     assert!(
@@ -182,7 +220,10 @@ impl Prometheus {
         let addr = format!("127.0.0.1:{port}");
         let child = Command::new(bin)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -232,24 +273,40 @@ impl Prometheus {
 #[test]
 fn a_real_prometheus_sees_the_stall_and_the_dashboard_query_has_data() {
     let (_demo, addr) = demo_with_metrics(
-        &["--stall-after", "4", "--stall-for", "4", "--threshold-ms", "200"],
+        &[
+            "--stall-after",
+            "4",
+            "--stall-for",
+            "4",
+            "--threshold-ms",
+            "200",
+        ],
         &[],
     );
     let prom = Prometheus::start(&addr);
     let during = wait_for(Duration::from_secs(20), || {
         (prom.scalar("loopwatch_stalled{runtime=\"main\"}")? == 1.0).then_some(())
     });
-    assert!(during.is_some(), "loopwatch_stalled was never 1 in Prometheus");
+    assert!(
+        during.is_some(),
+        "loopwatch_stalled was never 1 in Prometheus"
+    );
     let after = wait_for(Duration::from_secs(20), || {
         (prom.scalar("loopwatch_stalled{runtime=\"main\"}")? == 0.0
             && prom.scalar("loopwatch_stalls_total{runtime=\"main\"}")? >= 1.0)
             .then_some(())
     });
-    assert!(after.is_some(), "loopwatch_stalled back to 0 after the stall");
+    assert!(
+        after.is_some(),
+        "loopwatch_stalled back to 0 after the stall"
+    );
     // The dashboard's lag panel query, with its variables filled in.
     let lag = dashboard_exprs()
         .into_iter()
-        .find(|e| e.contains("histogram_quantile(0.99") && e.contains("loopwatch_probe_lag_seconds_bucket"))
+        .find(|e| {
+            e.contains("histogram_quantile(0.99")
+                && e.contains("loopwatch_probe_lag_seconds_bucket")
+        })
         .expect("the dashboard has a lag p99 query");
     let q = lag
         .replace("$job", ".*")
@@ -261,5 +318,8 @@ fn a_real_prometheus_sees_the_stall_and_the_dashboard_query_has_data() {
         let r = prom.query(&q);
         (!r.as_array()?.is_empty()).then_some(r)
     });
-    assert!(data.is_some(), "the dashboard's lag query returns no data: {q}");
+    assert!(
+        data.is_some(),
+        "the dashboard's lag query returns no data: {q}"
+    );
 }

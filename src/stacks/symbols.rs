@@ -43,9 +43,13 @@ pub(crate) struct ModuleRef<'a> {
 /// without limit.
 pub(crate) struct Symbolizer {
     cache: HashMap<u64, Arc<[Symbol]>>,
-    /// Function symbols per module path (`None`: unreadable or none).
-    tables: HashMap<String, Option<SymbolTable>>,
 }
+
+/// Function symbols per module (path and bias), shared by all samplers;
+/// `None`: unreadable or without symbols.
+type Tables = HashMap<(String, u64), Option<Arc<SymbolTable>>>;
+
+static TABLES: parking_lot::Mutex<Option<Tables>> = parking_lot::const_mutex(None);
 
 /// Entries kept before the cache is cleared.
 const MAX_CACHED: usize = 64 * 1024;
@@ -54,22 +58,36 @@ impl Symbolizer {
     pub(crate) fn new() -> Self {
         Self {
             cache: HashMap::new(),
-            tables: HashMap::new(),
         }
     }
 
     /// Loads the symbols of this binary and of libc (every stack ends in
-    /// libc, and most stuck ones start there) by resolving one address of
-    /// each. Returns whether this binary's address resolved.
+    /// libc, and most stuck ones start there): resolves the calling thread's
+    /// own stack (walked with `backtrace::trace`, outside any signal
+    /// handler), `std::thread::sleep` and a libc function. Returns whether
+    /// this binary's own address resolved.
     pub(crate) fn warm(&mut self, module_of: impl Fn(u64) -> Option<(String, u64)>) -> bool {
         let here = Self::new as *const () as usize as u64;
-        let in_libc = libc::clock_nanosleep as *const () as usize as u64;
-        for address in [in_libc, here] {
+        let mut addresses = vec![
+            (libc::clock_nanosleep as *const () as usize as u64, false),
+            (
+                std::thread::sleep as fn(_) as *const () as usize as u64,
+                false,
+            ),
+            (here, false),
+        ];
+        let mut first = true;
+        backtrace::trace(|frame| {
+            addresses.push((frame.ip() as usize as u64, !first));
+            first = false;
+            addresses.len() < 128
+        });
+        for (address, is_return) in addresses {
             let module = module_of(address);
             let module = module
                 .as_ref()
                 .map(|(path, bias)| ModuleRef { path, bias: *bias });
-            let _ = self.resolve(address, false, module);
+            let _ = self.resolve(address, is_return, module);
         }
         self.cache.get(&here).is_some_and(|s| !s.is_empty())
     }
@@ -107,7 +125,7 @@ impl Symbolizer {
                 });
             });
             if let Some(module) = module {
-                self.qualify(&mut symbols, lookup, module);
+                Self::qualify(&mut symbols, lookup, module);
             }
         }
         let symbols: Arc<[Symbol]> = symbols.into();
@@ -120,17 +138,19 @@ impl Symbolizer {
 
     /// Replaces the outermost function's name by the symbol table's when
     /// DWARF gave none or one without a path.
-    fn qualify(&mut self, symbols: &mut Vec<Symbol>, lookup: u64, module: ModuleRef<'_>) {
+    fn qualify(symbols: &mut Vec<Symbol>, lookup: u64, module: ModuleRef<'_>) {
         let needs = symbols
             .last()
             .is_none_or(|s| s.function.as_deref().is_none_or(|f| !f.contains("::")));
         if !needs {
             return;
         }
-        let table = self
-            .tables
-            .entry(module.path.to_string())
-            .or_insert_with(|| SymbolTable::read(module.path));
+        let table = TABLES
+            .lock()
+            .get_or_insert_with(HashMap::new)
+            .entry((module.path.to_string(), module.bias))
+            .or_insert_with(|| SymbolTable::read(module.path).map(Arc::new))
+            .clone();
         let Some(raw) = table
             .as_ref()
             .and_then(|t| t.find(lookup.wrapping_sub(module.bias)))

@@ -209,7 +209,10 @@ pub fn http_get(addr: &str, path: &str, timeout: Duration) -> std::io::Result<(u
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {text:?}")))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -233,7 +236,10 @@ pub fn demo_with_metrics(args: &[&str], envs: &[(&str, String)]) -> (KillOnDrop,
     let guard = KillOnDrop(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if let Some(rest) = line.split("metrics on http://").nth(1) {
                 let addr = rest.split('/').next().unwrap_or_default().to_string();
                 let _ = tx.send(addr);
