@@ -91,7 +91,7 @@ fn every_metric_of_the_dashboard_and_rules_is_in_a_live_scrape_that_promtool_acc
             "--threshold-ms",
             "200",
         ],
-        &[l.env(), ("WATCHDOG_USEC".into(), "2000000".into())],
+        &[l.env(), ("WATCHDOG_USEC", "2000000".into())],
     );
     std::thread::sleep(Duration::from_millis(1800));
     let text = scrape(&addr);
