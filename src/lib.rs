@@ -36,12 +36,16 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
+#[doc(hidden)]
+pub mod bench_support;
 mod builder;
 mod clock;
 mod diagnostics;
 mod error;
 mod exporter;
 mod health;
+mod hooks;
+pub use hooks::RuntimeHooks;
 mod metrics;
 mod monitor;
 mod notify;

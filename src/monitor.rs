@@ -261,7 +261,7 @@ impl Monitor {
                     runtime: name,
                     lag,
                     threshold: us(self.threshold),
-                    detected_at: SystemTime::now(),
+                    detected_at: SystemTime::now() - us(clock::now_us().saturating_sub(now)),
                     report: outcome.report,
                 });
             }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{block_for, demo_bin, newest_report, wait_for, KillOnDrop};
+use common::{block_for, block_until, demo_bin, newest_report, wait_for, KillOnDrop};
 use loopwatch::Watchdog;
 use serde_json::Value;
 
@@ -201,7 +201,12 @@ fn reports_are_private_atomic_and_only_the_newest_are_kept() {
     for _ in 0..4 {
         stall_once(&rt, Duration::from_millis(200));
     }
-    let st = wd.status();
+    let st = wait_for(Duration::from_secs(10), || {
+        let st = wd.status();
+        (st.runtime("main").unwrap().stalls == 4 && st.healthy && st.reports_written >= 8)
+            .then_some(st)
+    })
+    .unwrap_or_else(|| wd.status());
     wd.shutdown();
     assert_eq!(st.runtime("main").unwrap().stalls, 4);
     assert!(st.reports_written >= 4, "{st:?}");
@@ -233,7 +238,12 @@ fn an_unwritable_directory_falls_back_to_stderr_and_counts() {
         // A directory under a regular file cannot exist, even for root.
         let (rt, wd) = watched(&file.join("reports"), 5);
         stall_once(&rt, Duration::from_millis(200));
-        let st = wd.status();
+        // The first capture may still be symbolizing: wait for the monitor.
+        let st = wait_for(Duration::from_secs(10), || {
+            let st = wd.status();
+            (st.reports_failed >= 1).then_some(st)
+        })
+        .unwrap_or_else(|| wd.status());
         wd.shutdown();
         assert_eq!(st.reports_written, 0, "{st:?}");
         assert!(st.reports_failed >= 1, "{st:?}");
@@ -290,7 +300,11 @@ fn a_full_disk_leaves_no_partial_file() {
         let dir = std::path::PathBuf::from(std::env::var("FULL_DIR").unwrap());
         let (rt, wd) = watched(&dir, 5);
         stall_once(&rt, Duration::from_millis(200));
-        let st = wd.status();
+        let st = wait_for(Duration::from_secs(10), || {
+            let st = wd.status();
+            (st.reports_failed >= 1).then_some(st)
+        })
+        .unwrap_or_else(|| wd.status());
         wd.shutdown();
         assert!(st.reports_failed >= 1, "{st:?}");
         assert_eq!(st.reports_written, 0, "{st:?}");
@@ -326,10 +340,12 @@ fn a_full_disk_leaves_no_partial_file() {
 
 #[test]
 fn a_thread_that_blocks_the_signal_is_reported_unresponsive() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     let root = tempfile::tempdir().unwrap();
     let (rt, wd) = watched(root.path(), 5);
     let (tx, rx) = std::sync::mpsc::channel();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let masked = std::thread::Builder::new()
         .name("masked-thread".into())
@@ -342,19 +358,28 @@ fn a_thread_that_blocks_the_signal_is_reported_unresponsive() {
                 libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
             }
             tx.send(()).unwrap();
-            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            block_until(&stop2);
         })
         .unwrap();
     rx.recv().unwrap();
+    // The loop stays stuck until the report is on disk.
+    let release = Arc::new(AtomicBool::new(false));
+    let release2 = release.clone();
+    let loop_thread = std::thread::spawn(move || {
+        rt.block_on(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            block_until(&release2);
+        })
+    });
     let t0 = std::time::Instant::now();
-    stall_once(&rt, Duration::from_millis(300));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let r = wait_for(Duration::from_secs(20), || newest_report(root.path()));
+    release.store(true, Ordering::Release);
+    stop.store(true, Ordering::Release);
+    loop_thread.join().unwrap();
     masked.join().unwrap();
     wd.shutdown();
-    assert!(t0.elapsed() < Duration::from_secs(5));
-    let r = newest_report(root.path()).expect("report");
+    let r = r.expect("a report while the loop is stuck");
+    assert!(t0.elapsed() < Duration::from_secs(20));
     let groups = r["threads"].as_array().unwrap();
     let g = groups
         .iter()
@@ -367,24 +392,39 @@ fn a_thread_that_blocks_the_signal_is_reported_unresponsive() {
     );
     // The rest of the report is complete.
     assert_eq!(r["verdict"]["kind"], "blocked-syscall", "{}", r["verdict"]);
-    assert!(r["culprit"]["function"]
-        .as_str()
-        .is_some_and(|f| f.contains("block_for")));
+    assert!(
+        r["culprit"]["function"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("block_until")),
+        "{}",
+        r["culprit"]
+    );
 }
 
 #[test]
 fn sigstop_of_the_whole_process_is_process_paused() {
     let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(demo_bin())
+    let mut child = Command::new(demo_bin())
         .args(["--threshold-ms", "300", "--report-dir"])
         .arg(dir.path())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start demo");
     let pid = child.id() as i32;
+    let stdout = child.stdout.take().unwrap();
     let _guard = KillOnDrop(child);
-    std::thread::sleep(Duration::from_millis(800));
+    // Stop it only once loopwatch watches (the demo says "ready").
+    {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        assert!(
+            lines.any(|l| l.is_ok_and(|l| l.starts_with("demo: ready"))),
+            "the demo never became ready"
+        );
+        std::thread::spawn(move || lines.for_each(drop));
+    }
+    std::thread::sleep(Duration::from_millis(300));
     // SAFETY: plain kill(2) of our own child process.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
     std::thread::sleep(Duration::from_millis(1500));

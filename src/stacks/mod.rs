@@ -10,9 +10,12 @@
 //!    `ucontext`) and the stack from `rsp` up to the end of its mapping
 //!    (capped at [`CaptureConfig::max_stack_bytes`]) into preallocated
 //!    memory, and nothing else (see [`sys`] for the handshake). A thread
-//!    that blocks the signal, sleeps uninterruptibly or is stopped does not
-//!    answer within [`CaptureConfig::per_thread_timeout`] and is reported
-//!    [`CaptureOutcome::Unresponsive`]; the capture never waits longer.
+//!    whose `/proc` status shows it stopped, blocking the signal, or still
+//!    holding one from an earlier capture is reported
+//!    [`CaptureOutcome::Unresponsive`] without being signalled; one that
+//!    does not answer within [`CaptureConfig::per_thread_timeout`] (in
+//!    uninterruptible sleep, say) is reported the same way: the capture
+//!    never waits longer.
 //! 3. Still on the monitor thread, right after the copy: unwind it with
 //!    `framehop` from the modules' `.eh_frame` CFI ([`modules`]).
 //! 4. After all threads: symbolize with `backtrace::resolve`, cached per
@@ -603,6 +606,27 @@ mod imp {
                     continue;
                 }
                 if precheck {
+                    match t.facts.as_ref().map(|f| f.state) {
+                        // A stopped thread cannot run the handler, and a
+                        // signal to a traced one would stop at its debugger.
+                        Some(state @ ('T' | 't')) => {
+                            t.outcome = CaptureOutcome::Unresponsive;
+                            t.detail = Some(format!(
+                                "the thread is {}; not signalled",
+                                if state == 'T' {
+                                    "stopped"
+                                } else {
+                                    "stopped by a tracer"
+                                }
+                            ));
+                            continue;
+                        }
+                        Some('Z' | 'X' | 'x') => {
+                            t.outcome = CaptureOutcome::Exited;
+                            continue;
+                        }
+                        _ => {}
+                    }
                     if let Some(reason) = signal_precheck(t.tid, config.signal) {
                         t.outcome = CaptureOutcome::Unresponsive;
                         t.detail = Some(reason);

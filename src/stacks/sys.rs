@@ -545,7 +545,10 @@ fn finish(tid: i32, arena: &mut Arena, timeout: Duration) -> Sample {
                     );
                     return Sample::HandlerStuck;
                 }
-                Err(_) => continue, // DONE just now
+                Err(w) if w == pack(tid, DONE) => continue,
+                // Only this thread moves the slot out of ARMED/DONE; any
+                // other value would be a bug: never spin on it.
+                Err(_) => return Sample::TimedOut,
             }
         }
         backoff(round);

@@ -251,3 +251,12 @@ pub fn demo_with_metrics(args: &[&str], envs: &[(&str, String)]) -> (KillOnDrop,
         .expect("the demo announces its metrics address");
     (guard, addr)
 }
+
+/// Blocks the calling thread (meant to be a runtime's thread) until `flag`
+/// is set: a stall whose end the test decides.
+#[inline(never)]
+pub fn block_until(flag: &std::sync::atomic::AtomicBool) {
+    while !flag.load(std::sync::atomic::Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}

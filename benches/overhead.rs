@@ -1,0 +1,414 @@
+//! Target 1: probe overhead on a saturated runtime, and the seed's in-loop
+//! heartbeat for comparison.
+//!
+//! A fixed amount of work runs on a runtime, with:
+//!
+//! * `off`: nothing watching;
+//! * `loopwatch`: a Watchdog with the defaults a daemon gets under systemd
+//!   with `WatchdogSec=2` (threshold 500 ms, probe every 100 ms, `WATCHDOG=1`
+//!   every 500 ms to a fake notify socket, stack capture armed, no report
+//!   files);
+//! * `loopwatch-10ms`: an aggressive setting (threshold 50 ms, probe every
+//!   10 ms);
+//! * `seed`: the seed's approach, a tokio interval task inside the runtime
+//!   sending `WATCHDOG=1` every 500 ms (`WatchdogSec/4`).
+//!
+//! Workloads: `yield-mt2` (64 tasks × 4000 `yield_now`, 2-worker runtime),
+//! `yield-ct` (the same on a current_thread runtime driven by its own
+//! thread), `echo-mt2` (8 loopback TCP connections × 1000 round trips of 64
+//! bytes, clients and server on one 2-worker runtime).
+//!
+//! Criterion times each pair in the same run. Because criterion measures
+//! the variants one after the other and the 2-core machine is shared, the
+//! pass/miss ratio comes from a second, interleaved section: rounds in
+//! which every variant runs the workload back to back in rotated order; the
+//! ratio is `time(off) / time(variant)` per round, median over rounds.
+
+mod common;
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use criterion::{Criterion, SamplingMode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WATCHDOG_USEC: u64 = 2_000_000;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Variant {
+    Off,
+    Loopwatch,
+    LoopwatchFast,
+    Seed,
+}
+
+impl Variant {
+    const ALL: [Variant; 4] = [
+        Variant::Off,
+        Variant::Loopwatch,
+        Variant::LoopwatchFast,
+        Variant::Seed,
+    ];
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Off => "off",
+            Variant::Loopwatch => "loopwatch",
+            Variant::LoopwatchFast => "loopwatch-10ms",
+            Variant::Seed => "seed",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Workload {
+    YieldMt,
+    YieldCt,
+    EchoMt,
+}
+
+impl Workload {
+    const ALL: [Workload; 3] = [Workload::YieldMt, Workload::YieldCt, Workload::EchoMt];
+    fn name(self) -> &'static str {
+        match self {
+            Workload::YieldMt => "yield-mt2",
+            Workload::YieldCt => "yield-ct",
+            Workload::EchoMt => "echo-mt2",
+        }
+    }
+}
+
+/// A runtime that runs one workload, however it is driven.
+struct Bed {
+    workload: Workload,
+    handle: tokio::runtime::Handle,
+    _mt: Option<tokio::runtime::Runtime>,
+    _ct: Option<DrivenRuntime>,
+    echo: Option<SocketAddr>,
+    seed_socket: PathBuf,
+    tasks: usize,
+    yields: usize,
+    conns: usize,
+    rounds: usize,
+}
+
+/// What a variant left running; dropped at the end of its phase.
+enum Armed {
+    Nothing,
+    Watchdog(loopwatch::Watchdog),
+    Seed(tokio::task::JoinHandle<()>),
+}
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        match std::mem::replace(self, Armed::Nothing) {
+            Armed::Watchdog(w) => w.shutdown(),
+            Armed::Seed(h) => h.abort(),
+            Armed::Nothing => {}
+        }
+    }
+}
+
+impl Bed {
+    fn new(workload: Workload, seed_socket: PathBuf) -> Bed {
+        let (handle, mt, ct) = match workload {
+            Workload::YieldMt | Workload::EchoMt => {
+                let rt = multi_thread(2);
+                (rt.handle().clone(), Some(rt), None)
+            }
+            Workload::YieldCt => {
+                let rt = DrivenRuntime::current_thread("bench-ct");
+                (rt.handle.clone(), None, Some(rt))
+            }
+        };
+        let echo = (workload == Workload::EchoMt).then(|| start_echo_server(&handle));
+        Bed {
+            workload,
+            handle,
+            _mt: mt,
+            _ct: ct,
+            echo,
+            seed_socket,
+            tasks: 64,
+            yields: pick(4000, 200),
+            conns: 8,
+            rounds: pick(1000, 50),
+        }
+    }
+
+    /// Runs the workload once; returns how long it took.
+    fn run_once(&self) -> Duration {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t0 = Instant::now();
+        match self.workload {
+            Workload::YieldMt | Workload::YieldCt => {
+                let (tasks, yields) = (self.tasks, self.yields);
+                self.handle.spawn(async move {
+                    let mut hs = Vec::with_capacity(tasks);
+                    for _ in 0..tasks {
+                        hs.push(tokio::spawn(async move {
+                            for i in 0..yields {
+                                black_box(i);
+                                tokio::task::yield_now().await;
+                            }
+                        }));
+                    }
+                    for h in hs {
+                        h.await.unwrap();
+                    }
+                    let _ = tx.send(());
+                });
+            }
+            Workload::EchoMt => {
+                let addr = self.echo.unwrap();
+                let (conns, rounds) = (self.conns, self.rounds);
+                self.handle.spawn(async move {
+                    let mut hs = Vec::with_capacity(conns);
+                    for _ in 0..conns {
+                        hs.push(tokio::spawn(echo_client(addr, rounds)));
+                    }
+                    for h in hs {
+                        h.await.unwrap();
+                    }
+                    let _ = tx.send(());
+                });
+            }
+        }
+        rx.recv().expect("workload finished");
+        t0.elapsed()
+    }
+
+    /// Starts what `variant` needs and lets it settle.
+    fn arm(&self, variant: Variant) -> Armed {
+        let armed = match variant {
+            Variant::Off => Armed::Nothing,
+            Variant::Loopwatch => Armed::Watchdog(
+                loopwatch::Watchdog::builder()
+                    .watch("bench", self.handle.clone())
+                    .no_report_files()
+                    .start()
+                    .expect("start watchdog"),
+            ),
+            Variant::LoopwatchFast => Armed::Watchdog(
+                loopwatch::Watchdog::builder()
+                    .stall_threshold(Duration::from_millis(50))
+                    .probe_interval(Duration::from_millis(10))
+                    .watch("bench", self.handle.clone())
+                    .no_report_files()
+                    .start()
+                    .expect("start watchdog"),
+            ),
+            Variant::Seed => {
+                let socket = self.seed_socket.clone();
+                let every = Duration::from_micros(WATCHDOG_USEC / 4);
+                let h = self.handle.spawn(async move {
+                    let mut tick = tokio::time::interval(every);
+                    loop {
+                        tick.tick().await;
+                        if let Ok(s) = std::os::unix::net::UnixDatagram::unbound() {
+                            let _ = s.send_to(b"WATCHDOG=1\n", &socket);
+                        }
+                    }
+                });
+                Armed::Seed(h)
+            }
+        };
+        // Let a watchdog's start-up (module list, symbolizer warm-up
+        // capture) finish before timing.
+        std::thread::sleep(Duration::from_millis(pick(300, 50)));
+        armed
+    }
+}
+
+fn start_echo_server(handle: &tokio::runtime::Handle) -> SocketAddr {
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind echo");
+    std_listener.set_nonblocking(true).unwrap();
+    let addr = std_listener.local_addr().unwrap();
+    handle.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn echo_client(addr: SocketAddr, rounds: usize) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).unwrap();
+    let msg = [7u8; 64];
+    let mut buf = [0u8; 64];
+    for _ in 0..rounds {
+        s.write_all(&msg).await.unwrap();
+        s.read_exact(&mut buf).await.unwrap();
+    }
+}
+
+type Samples = Arc<Mutex<HashMap<(Workload, Variant), Vec<f64>>>>;
+
+fn criterion_section(beds: &[Bed], samples: &Samples) {
+    let mut c = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(pick(500, 50)))
+        .measurement_time(Duration::from_millis(pick(2000, 100)))
+        .configure_from_args();
+    for bed in beds {
+        let mut g = c.benchmark_group(format!("overhead/{}", bed.workload.name()));
+        g.sampling_mode(SamplingMode::Flat);
+        for v in Variant::ALL {
+            let armed = bed.arm(v);
+            let samples = samples.clone();
+            g.bench_function(v.name(), |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let d = bed.run_once();
+                        samples
+                            .lock()
+                            .unwrap()
+                            .entry((bed.workload, v))
+                            .or_default()
+                            .push(ms(d));
+                        total += d;
+                    }
+                    total
+                })
+            });
+            drop(armed);
+        }
+        g.finish();
+    }
+    c.final_summary();
+}
+
+fn interleaved_section(beds: &[Bed]) -> HashMap<(Workload, Variant), Vec<f64>> {
+    let rounds = pick(6, 1);
+    let per = 3;
+    // Per round and variant: mean time of `per` runs, in ms.
+    let mut means: HashMap<(Workload, Variant), Vec<f64>> = HashMap::new();
+    for bed in beds {
+        for r in 0..rounds {
+            for k in 0..Variant::ALL.len() {
+                let v = Variant::ALL[(r + k) % Variant::ALL.len()];
+                let armed = bed.arm(v);
+                let _ = bed.run_once(); // settle caches after the switch
+                let t: f64 = (0..per).map(|_| ms(bed.run_once())).sum::<f64>() / per as f64;
+                drop(armed);
+                means.entry((bed.workload, v)).or_default().push(t);
+            }
+        }
+    }
+    means
+}
+
+fn main() {
+    heading("overhead (target 1 and the seed's heartbeat)");
+    // The environment systemd would give the daemon; set before any thread.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lw_socket = dir.path().join("loopwatch.sock");
+    let seed_socket = dir.path().join("seed.sock");
+    std::env::set_var("NOTIFY_SOCKET", &lw_socket);
+    std::env::set_var("WATCHDOG_USEC", WATCHDOG_USEC.to_string());
+    std::env::remove_var("WATCHDOG_PID");
+    let lw_sink = NotifySink::bind(&lw_socket);
+    let seed_sink = NotifySink::bind(&seed_socket);
+
+    let beds: Vec<Bed> = Workload::ALL
+        .iter()
+        .map(|w| Bed::new(*w, seed_socket.clone()))
+        .collect();
+    for bed in &beds {
+        let d = bed.run_once();
+        println!(
+            "workload {}: one run takes {:.1} ms",
+            bed.workload.name(),
+            ms(d)
+        );
+    }
+
+    let samples: Samples = Arc::default();
+    criterion_section(&beds, &samples);
+    let samples = samples.lock().unwrap().clone();
+
+    let mut t = Table::new(
+        "criterion section: median time per workload run (ms), ratio = off / variant",
+        &["workload", "variant", "runs", "median ms", "throughput vs off"],
+    );
+    for bed in &beds {
+        let off = median(&samples[&(bed.workload, Variant::Off)]);
+        for v in Variant::ALL {
+            let s = &samples[&(bed.workload, v)];
+            let m = median(s);
+            t.row(vec![
+                bed.workload.name().into(),
+                v.name().into(),
+                s.len().to_string(),
+                f(m, 2),
+                format!("{:.2} %", 100.0 * off / m),
+            ]);
+        }
+    }
+    t.print();
+
+    let means = interleaved_section(&beds);
+    let mut t = Table::new(
+        "interleaved section (pass/miss): per round time(off)/time(variant), median over rounds; target >= 99.5 %",
+        &[
+            "workload",
+            "variant",
+            "rounds",
+            "median ms",
+            "throughput vs off (median)",
+            "min .. max",
+            "target",
+        ],
+    );
+    for bed in &beds {
+        let off = &means[&(bed.workload, Variant::Off)];
+        for v in Variant::ALL {
+            let m = &means[&(bed.workload, v)];
+            let ratios: Vec<f64> = off.iter().zip(m).map(|(o, x)| 100.0 * o / x).collect();
+            let s = stats(&ratios);
+            t.row(vec![
+                bed.workload.name().into(),
+                v.name().into(),
+                m.len().to_string(),
+                f(median(m), 2),
+                format!("{:.2} %", s.median),
+                format!("{:.1} .. {:.1} %", s.min, s.max),
+                if v == Variant::Off {
+                    "-".into()
+                } else {
+                    verdict(s.median >= 99.5)
+                },
+            ]);
+        }
+    }
+    t.print();
+    println!(
+        "\nfake notify sockets: loopwatch sent {} WATCHDOG=1, the seed's task {}",
+        lw_sink.pings().len(),
+        seed_sink.pings().len()
+    );
+    drop(beds);
+}

@@ -1,0 +1,88 @@
+//! Internal pieces exposed for the benchmarks in `benches/` only.
+//!
+//! Not part of the public API: hidden from the docs, no stability promise.
+//! It lets criterion measure the probe and the stack capture on their own,
+//! without a monitor thread's scheduling in between.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::clock;
+use crate::probe::{self, ProbeReading, ProbeShared};
+use crate::stacks::{CaptureConfig, CaptureOutcome, StackSampler};
+
+/// A probe on a runtime, driven by hand.
+pub struct ProbeBench(Arc<ProbeShared>);
+
+impl ProbeBench {
+    /// Spawns a probe task on `handle` and waits for its first answer.
+    pub fn spawn(handle: &tokio::runtime::Handle) -> Self {
+        let p = ProbeBench(probe::spawn(handle, clock::now_us()));
+        let _ = p.wait_answer(Duration::from_secs(5));
+        p
+    }
+
+    /// Wakes the probe now (the previous wake must have been answered).
+    pub fn wake(&self) {
+        self.0.wake(clock::now_us());
+    }
+
+    /// Spins until the last wake is answered; returns its lag.
+    pub fn wait_answer(&self, timeout: Duration) -> Option<Duration> {
+        let end = Instant::now() + timeout;
+        loop {
+            match self.0.read() {
+                r @ ProbeReading::Answered { .. } => {
+                    return Some(clock::us(r.lag_us(clock::now_us())))
+                }
+                ProbeReading::Gone => return None,
+                ProbeReading::Waiting { .. } => {}
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// What one capture of the whole process cost.
+#[derive(Debug, Clone, Copy)]
+pub struct CaptureTimes {
+    /// Threads in the capture.
+    pub threads: usize,
+    /// Threads whose stack was captured.
+    pub captured: usize,
+    /// Signals and stack copies.
+    pub signal: Duration,
+    /// Unwinding.
+    pub unwind: Duration,
+    /// Symbolization.
+    pub symbolize: Duration,
+}
+
+/// The stack sampler, on its own.
+pub struct CaptureBench(StackSampler);
+
+impl CaptureBench {
+    /// A sampler with the default configuration.
+    pub fn new() -> crate::Result<Self> {
+        Ok(CaptureBench(StackSampler::new(CaptureConfig::default())?))
+    }
+
+    /// Captures every thread of the process.
+    pub fn capture_all(&self) -> CaptureTimes {
+        let c = self.0.capture_all();
+        CaptureTimes {
+            threads: c.threads.len(),
+            captured: c
+                .threads
+                .iter()
+                .filter(|t| t.outcome == CaptureOutcome::Captured)
+                .count(),
+            signal: c.signal_duration,
+            unwind: c.unwind_duration,
+            symbolize: c.symbolize_duration,
+        }
+    }
+}
