@@ -181,15 +181,15 @@ fn main() {
     let blocks = injected_blocks(&subjects[0]);
     let mut t = Table::new(
         "injected blocks on a current_thread runtime: probe lag error = lag - (t_end - t_wake), ms; \
-         target |error| median <= 0.5 ms, p99 <= 2 ms",
+         target abs error median <= 0.5 ms, p99 <= 2 ms",
         &[
             "block",
             "samples",
             "lag median",
             "error median (signed)",
-            "|error| median",
-            "|error| p99",
-            "|error| max",
+            "abs error median",
+            "abs error p99",
+            "abs error max",
             "target",
         ],
     );

@@ -97,18 +97,19 @@ struct Bed {
 }
 
 /// What a variant left running; dropped at the end of its phase.
-enum Armed {
-    Nothing,
-    Watchdog(loopwatch::Watchdog),
-    Seed(tokio::task::JoinHandle<()>),
+#[derive(Default)]
+struct Armed {
+    watchdog: Option<loopwatch::Watchdog>,
+    seed: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Armed {
     fn drop(&mut self) {
-        match std::mem::replace(self, Armed::Nothing) {
-            Armed::Watchdog(w) => w.shutdown(),
-            Armed::Seed(h) => h.abort(),
-            Armed::Nothing => {}
+        if let Some(w) = self.watchdog.take() {
+            w.shutdown();
+        }
+        if let Some(h) = self.seed.take() {
+            h.abort();
         }
     }
 }
@@ -185,36 +186,39 @@ impl Bed {
     /// Starts what `variant` needs and lets it settle.
     fn arm(&self, variant: Variant) -> Armed {
         let armed = match variant {
-            Variant::Off => Armed::Nothing,
-            Variant::Loopwatch => Armed::Watchdog(
-                loopwatch::Watchdog::builder()
-                    .watch("bench", self.handle.clone())
-                    .no_report_files()
-                    .start()
-                    .expect("start watchdog"),
-            ),
-            Variant::LoopwatchFast => Armed::Watchdog(
-                loopwatch::Watchdog::builder()
-                    .stall_threshold(Duration::from_millis(50))
-                    .probe_interval(Duration::from_millis(10))
-                    .watch("bench", self.handle.clone())
-                    .no_report_files()
-                    .start()
-                    .expect("start watchdog"),
-            ),
+            Variant::Off => Armed::default(),
+            Variant::Loopwatch => Armed {
+                watchdog: Some(
+                    loopwatch::Watchdog::builder()
+                        .watch("bench", self.handle.clone())
+                        .no_report_files()
+                        .start()
+                        .expect("start watchdog"),
+                ),
+                seed: None,
+            },
+            Variant::LoopwatchFast => Armed {
+                watchdog: Some(
+                    loopwatch::Watchdog::builder()
+                        .stall_threshold(Duration::from_millis(50))
+                        .probe_interval(Duration::from_millis(10))
+                        .watch("bench", self.handle.clone())
+                        .no_report_files()
+                        .start()
+                        .expect("start watchdog"),
+                ),
+                seed: None,
+            },
             Variant::Seed => {
-                let socket = self.seed_socket.clone();
-                let every = Duration::from_micros(WATCHDOG_USEC / 4);
-                let h = self.handle.spawn(async move {
-                    let mut tick = tokio::time::interval(every);
-                    loop {
-                        tick.tick().await;
-                        if let Ok(s) = std::os::unix::net::UnixDatagram::unbound() {
-                            let _ = s.send_to(b"WATCHDOG=1\n", &socket);
-                        }
-                    }
-                });
-                Armed::Seed(h)
+                let h = spawn_seed_pinger(
+                    &self.handle,
+                    self.seed_socket.clone(),
+                    Duration::from_micros(WATCHDOG_USEC / 4),
+                );
+                Armed {
+                    watchdog: None,
+                    seed: Some(h),
+                }
             }
         };
         // Let a watchdog's start-up (module list, symbolizer warm-up

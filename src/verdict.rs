@@ -120,16 +120,20 @@ pub(crate) struct Evidence<'a> {
     pub deadlock: Vec<String>,
 }
 
-/// True for frames of std, core, alloc, tokio, lock implementations, libc,
-/// the unwinder and loopwatch itself: not the application's.
+/// True for frames of the tokio runtime: the search for application code
+/// stops there (code outside the current poll is not the culprit).
 pub(crate) fn is_runtime_frame(f: &Frame) -> bool {
-    match f.function.as_deref() {
-        Some(name) => {
-            let name = name.trim_start_matches('<');
-            name.starts_with("tokio::")
-        }
-        None => false,
-    }
+    let by_name = f
+        .function
+        .as_deref()
+        .is_some_and(|n| n.trim_start_matches('<').starts_with("tokio::"));
+    // Inlined frames of binaries built with line tables only carry bare
+    // names; their source path still says where they come from.
+    let by_file = f
+        .file
+        .as_deref()
+        .is_some_and(|p| p.contains("/tokio-1.") || p.contains("/vendor/tokio/"));
+    by_name || by_file
 }
 
 /// An application frame, and not an inherent method of a primitive type

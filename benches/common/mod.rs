@@ -347,6 +347,11 @@ impl BlockTimes {
         }
     }
 
+    /// True once blocking ended.
+    pub fn is_ended(&self) -> bool {
+        self.inner.ended.load(Ordering::Acquire)
+    }
+
     /// Waits until blocking ended; returns when.
     pub fn wait_ended(&self) -> Instant {
         loop {
@@ -466,8 +471,13 @@ impl Drop for NotifySink {
 
 /// The seed's heartbeat: a task inside the runtime that sends `WATCHDOG=1`
 /// every `every`, the way `sd_notify::notify` does it (a fresh unbound
-/// datagram socket per message). Runs until the runtime shuts down.
-pub fn spawn_seed_pinger(handle: &tokio::runtime::Handle, socket: PathBuf, every: Duration) {
+/// datagram socket per message). Runs until aborted or the runtime shuts
+/// down.
+pub fn spawn_seed_pinger(
+    handle: &tokio::runtime::Handle,
+    socket: PathBuf,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
     handle.spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -477,7 +487,7 @@ pub fn spawn_seed_pinger(handle: &tokio::runtime::Handle, socket: PathBuf, every
                 let _ = s.send_to(b"WATCHDOG=1\n", &socket);
             }
         }
-    });
+    })
 }
 
 // -------------------------------------------------------------- stderr quiet
