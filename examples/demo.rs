@@ -21,6 +21,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
@@ -114,6 +115,9 @@ struct Args {
     child: bool,
 }
 
+/// Whether loopwatch sends systemd watchdog pings in this process.
+static PINGS_ON: AtomicBool = AtomicBool::new(false);
+
 fn say(line: impl AsRef<str>) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "demo: {}", line.as_ref());
@@ -161,6 +165,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     builder = configure_outputs(builder, &args);
     let watchdog = builder.start()?;
     let st = watchdog.status();
+    PINGS_ON.store(st.pings_enabled, Ordering::Relaxed);
     say(format!(
         "pid {}: loopwatch watches this current_thread runtime; stall threshold {:?}, systemd watchdog {}",
         std::process::id(),
@@ -249,9 +254,14 @@ fn print_event(event: &StallEvent) {
             ..
         } => {
             say(format!(
-                "loopwatch: event loop {runtime:?} STALLED: probe unanswered for {} ms (threshold {} ms); watchdog pings suspended",
+                "loopwatch: event loop {runtime:?} STALLED: probe unanswered for {} ms (threshold {} ms){}",
                 lag.as_millis(),
-                threshold.as_millis()
+                threshold.as_millis(),
+                if PINGS_ON.load(Ordering::Relaxed) {
+                    "; systemd watchdog pings held back"
+                } else {
+                    ""
+                }
             ));
             if let Some(p) = report {
                 say(format!(
@@ -267,8 +277,13 @@ fn print_event(event: &StallEvent) {
             ..
         } => {
             say(format!(
-                "loopwatch: event loop {runtime:?} RECOVERED after {:.2} s; watchdog pings resume",
-                duration.as_secs_f64()
+                "loopwatch: event loop {runtime:?} RECOVERED after {:.2} s{}",
+                duration.as_secs_f64(),
+                if PINGS_ON.load(Ordering::Relaxed) {
+                    "; watchdog pings resume"
+                } else {
+                    ""
+                }
             ));
             if let Some(p) = report {
                 say(format!(

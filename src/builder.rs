@@ -186,7 +186,7 @@ impl Builder {
     }
 
     /// How long to wait for one thread to answer the capture signal before
-    /// reporting it unresponsive (default 20 ms).
+    /// reporting it unresponsive (default 50 ms).
     pub fn capture_timeout(mut self, timeout: Duration) -> Self {
         if let Some(c) = &mut self.capture {
             c.per_thread_timeout = timeout;

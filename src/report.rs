@@ -518,6 +518,22 @@ impl StallReport {
     }
 }
 
+/// A source path made short for reading: the standard library's and
+/// registry crates' long prefixes are abbreviated (the JSON keeps them).
+fn short_path(p: &str) -> String {
+    if let Some((_, rest)) = p.split_once("/library/") {
+        if p.starts_with("/rustc/") {
+            return format!("<rust>/{rest}");
+        }
+    }
+    if let Some((_, rest)) = p.split_once("/registry/src/") {
+        if let Some((_, krate)) = rest.split_once('/') {
+            return format!("<cargo>/{krate}");
+        }
+    }
+    p.to_string()
+}
+
 fn write_frames(s: &mut String, frames: &[ReportFrame], max: usize) {
     for (i, f) in frames.iter().take(max).enumerate() {
         let fr = &f.frame;
@@ -526,7 +542,7 @@ fn write_frames(s: &mut String, frames: &[ReportFrame], max: usize) {
             .clone()
             .unwrap_or_else(|| format!("{:#x}", fr.ip));
         let loc = match (&fr.file, fr.line) {
-            (Some(file), Some(line)) => format!(" at {file}:{line}"),
+            (Some(file), Some(line)) => format!(" at {}:{line}", short_path(file)),
             _ => fr
                 .module
                 .as_ref()
@@ -567,6 +583,19 @@ mod tests {
         assert_eq!(stuck_mask(&a, Some(&b)), vec![false, true, true]);
         assert_eq!(stuck_mask(&a, Some(&a)), vec![true, true, true]);
         assert_eq!(stuck_mask(&a, None), vec![false, false, false]);
+    }
+
+    #[test]
+    fn long_paths_are_shortened_in_text() {
+        assert_eq!(
+            short_path("/rustc/5980/library/std/src/thread/mod.rs"),
+            "<rust>/std/src/thread/mod.rs"
+        );
+        assert_eq!(
+            short_path("/root/.cargo/registry/src/index.crates.io-1949/tokio-1.54.1/src/lib.rs"),
+            "<cargo>/tokio-1.54.1/src/lib.rs"
+        );
+        assert_eq!(short_path("/work/app/src/main.rs"), "/work/app/src/main.rs");
     }
 
     #[test]

@@ -70,7 +70,9 @@ pub struct CaptureConfig {
     /// (16 KiB to 1 MiB; default 128 KiB). Frames beyond it are cut.
     pub max_stack_bytes: usize,
     /// How long to wait for one thread's handler before reporting the thread
-    /// unresponsive (more than zero, at most 1 s; default 20 ms).
+    /// unresponsive (more than zero, at most 1 s; default 50 ms: a thread
+    /// answers in microseconds once scheduled, and a loaded machine may take
+    /// tens of milliseconds to schedule it).
     pub per_thread_timeout: Duration,
 }
 
@@ -79,7 +81,7 @@ impl Default for CaptureConfig {
         Self {
             signal: default_signal(),
             max_stack_bytes: 128 * 1024,
-            per_thread_timeout: Duration::from_millis(20),
+            per_thread_timeout: Duration::from_millis(50),
         }
     }
 }
