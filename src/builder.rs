@@ -50,6 +50,9 @@ pub struct Builder {
     pub(crate) stall_threshold: Option<Duration>,
     pub(crate) probe_interval: Option<Duration>,
     pub(crate) runtimes: Vec<(String, Handle)>,
+    /// Per runtime (same order): the hooks installed on its Builder, if any.
+    pub(crate) hooks: Vec<Option<crate::hooks::RuntimeHooks>>,
+    pub(crate) worker_stuck_is_stall: bool,
     pub(crate) on_stall: Option<StallCallback>,
     pub(crate) report_dir: ReportDirSetting,
     pub(crate) keep_reports: usize,
@@ -93,6 +96,8 @@ impl Builder {
             stall_threshold: None,
             probe_interval: None,
             runtimes: Vec::new(),
+            hooks: Vec::new(),
+            worker_stuck_is_stall: true,
             on_stall: None,
             report_dir: ReportDirSetting::Default,
             keep_reports: DEFAULT_KEEP_REPORTS,
@@ -128,6 +133,43 @@ impl Builder {
     /// `STATUS=`, metrics and reports). Call once per runtime.
     pub fn watch(mut self, name: impl Into<String>, handle: Handle) -> Self {
         self.runtimes.push((name.into(), handle));
+        self.hooks.push(None);
+        self
+    }
+
+    /// Watches a runtime whose `tokio::runtime::Builder` got `hooks`
+    /// installed ([`RuntimeHooks::install`](crate::RuntimeHooks::install)):
+    /// besides the probe, each worker is watched on its own, so that one
+    /// worker stuck in a poll is caught even while the others still answer
+    /// the probe (see [`RuntimeHooks`](crate::RuntimeHooks)).
+    ///
+    /// ```no_run
+    /// let hooks = loopwatch::RuntimeHooks::new();
+    /// let mut builder = tokio::runtime::Builder::new_multi_thread();
+    /// hooks.install(builder.enable_all());
+    /// let rt = builder.build()?;
+    /// let watchdog = loopwatch::Watchdog::builder()
+    ///     .watch_with_hooks("main", rt.handle().clone(), &hooks)
+    ///     .start()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn watch_with_hooks(
+        mut self,
+        name: impl Into<String>,
+        handle: Handle,
+        hooks: &crate::hooks::RuntimeHooks,
+    ) -> Self {
+        self.runtimes.push((name.into(), handle));
+        self.hooks.push(Some(hooks.clone()));
+        self
+    }
+
+    /// Whether one stuck worker counts as a stall of its runtime: pings
+    /// held back, `/healthz` unhealthy, a report written (default: yes).
+    /// When off, a stuck worker is still logged, counted in
+    /// `loopwatch_worker_stuck` and named in reports.
+    pub fn worker_stuck_is_stall(mut self, on: bool) -> Self {
+        self.worker_stuck_is_stall = on;
         self
     }
 
@@ -260,6 +302,7 @@ pub(crate) struct Settings {
     pub watchdog: Option<Duration>,
     pub pid: u32,
     pub diagnostics: DiagnosticsConfig,
+    pub worker_stuck_is_stall: bool,
 }
 
 impl Settings {
@@ -339,6 +382,7 @@ impl Settings {
             watchdog,
             pid,
             diagnostics,
+            worker_stuck_is_stall: b.worker_stuck_is_stall,
         }))
     }
 }

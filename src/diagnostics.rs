@@ -71,6 +71,8 @@ pub(crate) struct Outcome {
 /// What the monitor knows about a stall when it hands it over.
 pub(crate) struct StallContext<'a> {
     pub idx: usize,
+    /// For a worker stall: the stuck workers (empty for a probe stall).
+    pub stuck_workers: Vec<crate::hooks::StuckWorker>,
     pub runtime: &'a str,
     pub track: StallTrack,
     pub now: u64,
@@ -84,6 +86,7 @@ pub(crate) struct StallContext<'a> {
 
 struct ActiveStall {
     report: StallReport,
+    stuck_workers: Vec<crate::hooks::StuckWorker>,
     loop_tids: Vec<i32>,
     monitor_gap: Duration,
     lag: Duration,
@@ -192,7 +195,8 @@ impl Diagnostics {
         matches!(self.presamples[idx], Some((w, _, _)) if w == woken_at)
     }
 
-    fn capture(&self, reason: &str) -> (Vec<ThreadStack>, Option<CaptureInfo>) {
+    /// Captures every thread, `first` ones first (the stuck workers).
+    fn capture(&self, reason: &str, first: &[i32]) -> (Vec<ThreadStack>, Option<CaptureInfo>) {
         let Some(sampler) = &self.sampler else {
             // Capture off: /proc facts only.
             let threads = procfs::list_threads()
@@ -209,7 +213,13 @@ impl Diagnostics {
                 .collect();
             return (threads, None);
         };
-        let c: Capture = sampler.capture_all();
+        let mut order: Vec<i32> = first.to_vec();
+        order.extend(
+            procfs::list_threads()
+                .into_iter()
+                .filter(|t| !first.contains(t)),
+        );
+        let c: Capture = sampler.capture(&order);
         let total = c.signal_duration + c.unwind_duration + c.symbolize_duration;
         if let Some(m) = &self.metrics {
             m.capture_took(total);
@@ -232,7 +242,12 @@ impl Diagnostics {
     /// Step 2: the stall was declared. Captures, decides, writes.
     pub(crate) fn stall_started(&mut self, ctx: StallContext<'_>) -> Outcome {
         let t0 = clock::now_us();
-        let (first, info) = self.capture("detection");
+        let stuck_first: Vec<i32> = ctx
+            .stuck_workers
+            .iter()
+            .flat_map(|s| s.tids.clone())
+            .collect();
+        let (first, info) = self.capture("detection", &stuck_first);
         let first_at = clock::now_us();
         let presample = self.presamples[ctx.idx]
             .take()
@@ -292,6 +307,7 @@ impl Diagnostics {
                 evidence: Vec::new(),
             },
             culprit: None,
+            stuck_workers: ctx.stuck_workers.clone(),
             timeline,
             captures: info.into_iter().collect(),
             threads: Vec::new(),
@@ -306,6 +322,7 @@ impl Diagnostics {
         };
         let second_due = self.second_capture_due(ctx.now, ctx.deadline);
         let mut stall = ActiveStall {
+            stuck_workers: ctx.stuck_workers,
             report,
             loop_tids: ctx.loop_tids,
             monitor_gap: ctx.monitor_gap,
@@ -377,6 +394,7 @@ impl Diagnostics {
             lag: stall.lag,
             queue_depth: stall.queue_depth,
             deadlock: stall.deadlock.clone(),
+            stuck_workers: stall.stuck_workers.clone(),
         };
         let (verdict, culprit) = decide(&evidence);
         stall.report.verdict = verdict;
@@ -417,7 +435,12 @@ impl Diagnostics {
             } else {
                 "still-stalled"
             };
-            let (second, info) = self.capture(reason);
+            let stuck_first: Vec<i32> = stall
+                .stuck_workers
+                .iter()
+                .flat_map(|s| s.tids.clone())
+                .collect();
+            let (second, info) = self.capture(reason, &stuck_first);
             let at = clock::now_us();
             stall.report.captures.extend(info);
             stall.report.stalled_for_seconds =

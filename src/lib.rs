@@ -45,7 +45,7 @@ mod error;
 mod exporter;
 mod health;
 mod hooks;
-pub use hooks::RuntimeHooks;
+pub use hooks::{RuntimeHooks, StuckTask, StuckWorker};
 mod metrics;
 mod monitor;
 mod notify;

@@ -26,7 +26,8 @@ use tokio::runtime::Handle;
 use crate::builder::{Settings, StallCallback};
 use crate::clock::{self, micros, us};
 use crate::diagnostics::{Diagnostics, Outcome, StallContext};
-use crate::health::{LoopTracker, Transition};
+use crate::health::{LoopTracker, StallTrack, Transition};
+use crate::hooks::{RuntimeHooks, WorkerTransition, WorkerWatch};
 use crate::metrics::{Metrics, PingResult};
 use crate::notify::{Notifier, NotifyState};
 use crate::probe::{self, ProbeReading, ProbeShared};
@@ -61,6 +62,12 @@ pub(crate) struct Watched {
     pub tracker: LoopTracker,
     /// Kept for the runtime's metrics; never blocked on.
     pub handle: Handle,
+    /// The per-worker detector, for runtimes watched with hooks.
+    pub workers: Option<WorkerWatch>,
+    /// The hooks, for the list of worker threads.
+    pub hooks: Option<RuntimeHooks>,
+    /// Since when some worker has been stuck (a worker stall in progress).
+    pub worker_stall: Option<u64>,
 }
 
 /// A stretch of time during which the monitor thread was not running.
@@ -97,18 +104,26 @@ impl Monitor {
     pub(crate) fn new(
         shared: Arc<Shared>,
         runtimes: Vec<(String, Handle)>,
+        hooks: Vec<Option<RuntimeHooks>>,
         on_stall: Option<StallCallback>,
         diag: Diagnostics,
         metrics: Arc<Metrics>,
     ) -> Monitor {
         let s = shared.settings.clone();
         let now = clock::now_us();
+        let threshold = micros(s.threshold);
         let loops: Vec<Watched> = runtimes
             .into_iter()
-            .map(|(name, handle)| Watched {
+            .zip(hooks.into_iter().chain(std::iter::repeat(None)))
+            .map(|((name, handle), hooks)| Watched {
                 probe: probe::spawn(&handle, now),
                 name,
                 tracker: LoopTracker::default(),
+                workers: hooks
+                    .clone()
+                    .map(|h| WorkerWatch::new(h, handle.clone(), threshold)),
+                hooks,
+                worker_stall: None,
                 handle,
             })
             .collect();
@@ -222,6 +237,15 @@ impl Monitor {
         for (i, t) in events {
             self.on_transition(i, t, now);
         }
+        let mut worker_events = Vec::new();
+        for (i, w) in self.loops.iter_mut().enumerate() {
+            if let Some(ww) = &mut w.workers {
+                worker_events.extend(ww.sample(now).into_iter().map(|t| (i, t)));
+            }
+        }
+        for (i, t) in worker_events {
+            self.on_worker_transition(i, t, now);
+        }
         for outcome in self.diag.tick(now) {
             self.after_report(&outcome);
         }
@@ -252,7 +276,7 @@ impl Monitor {
                 );
                 self.send_status(now);
                 self.metrics.stall_started(i);
-                let outcome = self.diagnose(i, track, now);
+                let outcome = self.diagnose(i, i, track, now);
                 if let Some(kind) = outcome.verdict {
                     self.metrics.stall_classified(i, kind.as_str());
                 }
@@ -298,19 +322,117 @@ impl Monitor {
         }
     }
 
+    /// A worker of runtime `i` got stuck or moved again.
+    fn on_worker_transition(&mut self, i: usize, t: WorkerTransition, now: u64) {
+        let n = self.loops.len();
+        let name = self.loops[i].name.clone();
+        let counts = self.shared.settings.worker_stuck_is_stall;
+        match t {
+            WorkerTransition::Stuck(stuck) => {
+                self.metrics.set_worker_stuck(i, stuck.worker, true);
+                let stuck_for = us(now.saturating_sub(stuck.stuck_since));
+                let task = stuck
+                    .task
+                    .as_ref()
+                    .map(|t| format!(" polling task {} spawned at {}", t.id, t.spawned_at))
+                    .unwrap_or_default();
+                tracing::warn!(
+                    runtime = %name,
+                    worker = stuck.worker,
+                    tids = ?stuck.tids,
+                    "worker {} of event loop {name:?} stuck for {}{task}",
+                    stuck.worker,
+                    human(stuck_for)
+                );
+                let mut report = None;
+                if counts && self.loops[i].worker_stall.is_none() {
+                    self.loops[i].worker_stall = Some(stuck.stuck_since);
+                    self.metrics.stall_started(i);
+                    let track = StallTrack {
+                        started_at: stuck.stuck_since,
+                        detected_at: now,
+                        max_lag: now.saturating_sub(stuck.stuck_since),
+                    };
+                    let outcome = self.diagnose(n + i, i, track, now);
+                    if let Some(kind) = outcome.verdict {
+                        self.metrics.stall_classified(i, kind.as_str());
+                    }
+                    self.after_report(&outcome);
+                    report = outcome.report;
+                    self.send_status(now);
+                }
+                self.callback(StallEvent::WorkerStuck {
+                    runtime: name,
+                    worker: stuck.worker,
+                    stuck_for,
+                    task: stuck.task.clone(),
+                    report,
+                });
+            }
+            WorkerTransition::Recovered {
+                stuck,
+                stuck_for,
+                ended_at,
+            } => {
+                self.metrics.set_worker_stuck(i, stuck.worker, false);
+                tracing::warn!(
+                    runtime = %name,
+                    worker = stuck.worker,
+                    "worker {} of event loop {name:?} moves again after {}",
+                    stuck.worker,
+                    human(us(stuck_for))
+                );
+                let still_stuck = self.loops[i]
+                    .workers
+                    .as_ref()
+                    .is_some_and(WorkerWatch::any_stuck);
+                let mut report = None;
+                if let (Some(since), false) = (self.loops[i].worker_stall, still_stuck) {
+                    self.loops[i].worker_stall = None;
+                    let duration = ended_at.saturating_sub(since);
+                    self.metrics.stall_ended(i, us(duration));
+                    report = self.diag.stall_ended(n + i, duration, ended_at).report;
+                }
+                self.callback(StallEvent::WorkerRecovered {
+                    runtime: name,
+                    worker: stuck.worker,
+                    stuck_for: us(stuck_for),
+                    report,
+                });
+            }
+        }
+    }
+
     /// Hands a new stall to the diagnostics.
-    fn diagnose(&mut self, i: usize, track: crate::health::StallTrack, now: u64) -> Outcome {
+    /// `slot` is the diagnostics slot: `i` for a probe stall, runtimes + `i`
+    /// for a worker stall of runtime `i`.
+    fn diagnose(&mut self, slot: usize, i: usize, track: StallTrack, now: u64) -> Outcome {
         let w = &self.loops[i];
-        let mut loop_tids: Vec<i32> = w.probe.poller_tid().into_iter().collect();
-        for tid in crate::procfs::list_threads() {
-            if loop_tids.contains(&tid) {
-                continue;
+        let worker_stall = slot != i;
+        let stuck_workers = match (&w.workers, worker_stall) {
+            (Some(ww), true) => ww.stuck_workers(now),
+            _ => Vec::new(),
+        };
+        // The stuck workers' threads first: their stacks are captured first.
+        let mut loop_tids: Vec<i32> = stuck_workers.iter().flat_map(|s| s.tids.clone()).collect();
+        if !worker_stall {
+            loop_tids.extend(w.probe.poller_tid());
+        }
+        if !worker_stall {
+            // Threads that run the runtime: registered by the hooks, or
+            // recognised by tokio's default worker name.
+            if let Some(h) = &w.hooks {
+                loop_tids.extend(h.worker_threads());
             }
-            if crate::procfs::read_thread(tid)
-                .is_some_and(|f| f.name.starts_with("tokio-runtime-w"))
-            {
-                loop_tids.push(tid);
+            for tid in crate::procfs::list_threads() {
+                if !loop_tids.contains(&tid)
+                    && crate::procfs::read_thread(tid)
+                        .is_some_and(|f| f.name.starts_with("tokio-runtime-w"))
+                {
+                    loop_tids.push(tid);
+                }
             }
+            loop_tids.dedup();
         }
         let monitor_gap: u64 = self
             .gaps
@@ -329,7 +451,8 @@ impl Monitor {
             _ => None,
         };
         let ctx = StallContext {
-            idx: i,
+            idx: slot,
+            stuck_workers,
             runtime: &w.name,
             track,
             now,
@@ -366,7 +489,10 @@ impl Monitor {
     }
 
     fn all_healthy(&self) -> bool {
-        self.loops.iter().all(|w| w.tracker.state.is_healthy())
+        let counts = self.shared.settings.worker_stuck_is_stall;
+        self.loops
+            .iter()
+            .all(|w| w.tracker.state.is_healthy() && !(counts && w.worker_stall.is_some()))
     }
 
     /// The `STATUS=` text for the current state.
@@ -383,6 +509,18 @@ impl Monitor {
                 ))
             })
             .collect();
+        let mut stalled = stalled;
+        for w in &self.loops {
+            let Some(ww) = &w.workers else { continue };
+            for s in ww.stuck() {
+                stalled.push(format!(
+                    "worker {} of event loop {:?} stuck for {}",
+                    s.worker,
+                    w.name,
+                    human(us(now.saturating_sub(s.stuck_since)))
+                ));
+            }
+        }
         if !stalled.is_empty() {
             return stalled.join("; ");
         }
@@ -497,6 +635,11 @@ impl Monitor {
                     .stall
                     .map(|s| us(now.saturating_sub(s.started_at))),
                 stalls: w.tracker.stalls,
+                stuck_workers: w
+                    .workers
+                    .as_ref()
+                    .map(|ww| ww.stuck().map(|s| s.worker).collect())
+                    .unwrap_or_default(),
             })
             .collect();
         let mut st = self.shared.status.lock();
@@ -524,6 +667,7 @@ pub(crate) fn initial_status(settings: &Settings, names: &[String], pings: bool)
                 lag: Duration::ZERO,
                 stalled_for: None,
                 stalls: 0,
+                stuck_workers: Vec::new(),
             })
             .collect(),
         healthy: true,
@@ -601,7 +745,7 @@ mod tests {
         let registry = prometheus::Registry::new();
         let metrics =
             Arc::new(Metrics::new(&registry, &b.runtimes, Duration::from_secs(5)).unwrap());
-        let mut m = Monitor::new(shared, b.runtimes, None, diag, metrics);
+        let mut m = Monitor::new(shared, b.runtimes, b.hooks, None, diag, metrics);
         let cycles = |m: &Monitor| m.loops[0].probe.wakes();
         let t0 = std::time::Instant::now();
         while cycles(&m) < 100_000 {

@@ -45,6 +45,10 @@ pub struct StallReport {
     pub verdict: Verdict,
     /// The application code that blocked the loop, when found.
     pub culprit: Option<Culprit>,
+    /// Workers stuck in a poll (runtimes watched with hooks): which worker,
+    /// its thread, for how long, and (with `--cfg tokio_unstable`) the task
+    /// and where it was spawned.
+    pub stuck_workers: Vec<crate::hooks::StuckWorker>,
     /// Probe lag over the seconds before the stall, oldest first.
     pub timeline: Vec<LagSample>,
     /// The stack captures taken.
@@ -396,6 +400,27 @@ impl StallReport {
         let _ = writeln!(s, "\nevidence:");
         for e in &self.verdict.evidence {
             let _ = writeln!(s, "  - {e}");
+        }
+        if !self.stuck_workers.is_empty() {
+            let _ = writeln!(s, "\nstuck workers:");
+            for w in &self.stuck_workers {
+                let _ = writeln!(
+                    s,
+                    "  - worker {} (thread {} {:?}) stuck for {}{}",
+                    w.worker,
+                    w.tids
+                        .iter()
+                        .map(|t| t.to_string())
+                        .collect::<Vec<_>>()
+                        .join("/"),
+                    w.thread.as_deref().unwrap_or("?"),
+                    secs(w.stuck_for_seconds),
+                    w.task
+                        .as_ref()
+                        .map(|t| format!(", polling task {} spawned at {}", t.id, t.spawned_at))
+                        .unwrap_or_default()
+                );
+            }
         }
     }
 

@@ -43,6 +43,9 @@ pub struct RuntimeStatus {
     pub stalled_for: Option<Duration>,
     /// Stalls seen since start.
     pub stalls: u64,
+    /// Workers (tokio worker indexes) stuck in a poll now, when the runtime
+    /// is watched with hooks.
+    pub stuck_workers: Vec<usize>,
 }
 
 /// A snapshot of the whole watchdog.
@@ -111,13 +114,41 @@ pub enum StallEvent {
         /// The stall report file, when one was written.
         report: Option<PathBuf>,
     },
+    /// One worker of a runtime watched with hooks made no progress for
+    /// longer than the threshold (the probe may still be answered).
+    WorkerStuck {
+        /// The runtime's name.
+        runtime: String,
+        /// tokio's worker index.
+        worker: usize,
+        /// How long it has made no progress.
+        stuck_for: Duration,
+        /// The task it is stuck polling (`--cfg tokio_unstable` only).
+        task: Option<crate::hooks::StuckTask>,
+        /// The stall report file, when one was written.
+        report: Option<PathBuf>,
+    },
+    /// A stuck worker made progress again.
+    WorkerRecovered {
+        /// The runtime's name.
+        runtime: String,
+        /// tokio's worker index.
+        worker: usize,
+        /// How long it was stuck.
+        stuck_for: Duration,
+        /// The stall report file, when one was written.
+        report: Option<PathBuf>,
+    },
 }
 
 impl StallEvent {
     /// The name of the runtime concerned.
     pub fn runtime(&self) -> &str {
         match self {
-            StallEvent::Started { runtime, .. } | StallEvent::Ended { runtime, .. } => runtime,
+            StallEvent::Started { runtime, .. }
+            | StallEvent::Ended { runtime, .. }
+            | StallEvent::WorkerStuck { runtime, .. }
+            | StallEvent::WorkerRecovered { runtime, .. } => runtime,
         }
     }
 }

@@ -118,6 +118,8 @@ pub(crate) struct Evidence<'a> {
     pub queue_depth: Option<usize>,
     /// Threads named by parking_lot's deadlock checker, if enabled.
     pub deadlock: Vec<String>,
+    /// For a worker stall: the stuck workers (their threads are `loop_tids`).
+    pub stuck_workers: Vec<crate::hooks::StuckWorker>,
 }
 
 /// True for frames of the tokio runtime: the search for application code
@@ -200,6 +202,61 @@ fn thread_name(t: &ThreadStack) -> String {
 
 /// Decides the verdict and the culprit.
 pub(crate) fn decide(e: &Evidence<'_>) -> (Verdict, Option<Culprit>) {
+    let (mut verdict, culprit) = decide_loop(e);
+    if e.stuck_workers.is_empty() || verdict.kind == VerdictKind::ProcessPaused {
+        return (verdict, culprit);
+    }
+    // One worker stuck while the runtime may still answer the probe.
+    let mut evidence: Vec<String> = e
+        .stuck_workers
+        .iter()
+        .map(|w| {
+            format!(
+                "worker {} (thread {}) made no progress for {}{}",
+                w.worker,
+                w.tids
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                human(Duration::from_secs_f64(w.stuck_for_seconds.max(0.0))),
+                w.task
+                    .as_ref()
+                    .map(|t| format!(", stuck polling task {} spawned at {}", t.id, t.spawned_at))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    evidence.push(format!(
+        "what the stuck thread does: {} ({})",
+        verdict.kind, verdict.summary
+    ));
+    evidence.append(&mut verdict.evidence);
+    let first = &e.stuck_workers[0];
+    let task = first
+        .task
+        .as_ref()
+        .map(|t| format!(" polling task {} spawned at {}", t.id, t.spawned_at))
+        .unwrap_or_default();
+    let summary = match &culprit {
+        Some(c) => format!(
+            "worker {} is stuck in one poll{task}, in {} ({})",
+            first.worker, c.function, verdict.kind
+        ),
+        None => format!("worker {} is stuck in one poll{task}", first.worker),
+    };
+    (
+        Verdict {
+            kind: VerdictKind::WorkerStuck,
+            summary,
+            evidence,
+        },
+        culprit,
+    )
+}
+
+/// The verdict for the threads that run the loop.
+fn decide_loop(e: &Evidence<'_>) -> (Verdict, Option<Culprit>) {
     let mut evidence = Vec::new();
     if !e.lag.is_zero() && e.monitor_gap * 2 >= e.lag {
         evidence.push(format!(

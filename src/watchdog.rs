@@ -66,7 +66,8 @@ impl Watchdog {
         let mut diag = Diagnostics::new(
             settings.clone(),
             settings.diagnostics.clone(),
-            builder.runtimes.len(),
+            // One diagnostics slot per runtime for probe stalls, one for worker stalls.
+            builder.runtimes.len() * 2,
         )?;
         let registry = builder.registry.clone().unwrap_or_default();
         let metrics = Arc::new(Metrics::new(
@@ -113,6 +114,7 @@ impl Watchdog {
         let monitor = Monitor::new(
             shared.clone(),
             builder.runtimes,
+            builder.hooks,
             builder.on_stall,
             diag,
             metrics,
