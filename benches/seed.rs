@@ -41,6 +41,8 @@ struct Row {
     /// loopwatch: ms from block start to the Started callback (report on disk).
     lw_started_ms: Option<f64>,
     lw_report: bool,
+    /// loopwatch: pings that arrived during the block.
+    lw_pings_during: usize,
     /// loopwatch: pings that arrived between detection and the block's end.
     lw_pings_after_detect: usize,
     /// loopwatch: ms from block start to its own systemd deadline.
@@ -49,23 +51,24 @@ struct Row {
     worker_stuck_ms: Option<f64>,
 }
 
-fn last_before(pings: &[Instant], t: Instant) -> Option<Instant> {
-    pings.iter().copied().filter(|p| *p <= t).max()
-}
-
-fn first_after(pings: &[Instant], t: Instant) -> Option<Instant> {
-    pings.iter().copied().filter(|p| *p > t).min()
-}
-
-/// The deadline systemd would act on, if the pings around `t0` left a gap
-/// longer than W after the last ping before `t0`.
-fn deadline_hit(pings: &[Instant], t0: Instant) -> Option<Instant> {
-    let last = last_before(pings, t0)?;
-    let deadline = last + W;
-    match first_after(pings, last) {
-        Some(next) if next <= deadline => None,
-        _ => Some(deadline),
+/// The deadline systemd would act on: walking the pings from the last one
+/// before `t0`, the first one not followed by another within W (before the
+/// block's end at `t_end`), plus W. None: pings kept arriving in time.
+fn deadline_hit(pings: &[Instant], t0: Instant, t_end: Instant) -> Option<Instant> {
+    let mut p: Vec<Instant> = pings.to_vec();
+    p.sort();
+    let start = p.iter().rposition(|x| *x <= t0)?;
+    for i in start..p.len() {
+        let a = p[i];
+        if a > t_end {
+            break;
+        }
+        match p.get(i + 1) {
+            Some(b) if *b <= a + W => {}
+            _ => return Some(a + W),
+        }
     }
+    None
 }
 
 fn worker_stuck_now(reg: &prometheus::Registry) -> bool {
@@ -133,8 +136,9 @@ fn scenario(
         let seed_pings = seed_sink.pings();
         let lw_pings = lw_sink.pings();
         row.seed_pings_during = seed_pings.iter().filter(|p| **p > t0 && **p < t_end).count();
-        row.seed_deadline_ms = deadline_hit(&seed_pings, t0).map(|d| ms(d - t0));
-        row.lw_deadline_ms = deadline_hit(&lw_pings, t0).map(|d| ms(d - t0));
+        row.lw_pings_during = lw_pings.iter().filter(|p| **p > t0 && **p < t_end).count();
+        row.seed_deadline_ms = deadline_hit(&seed_pings, t0, t_end).map(|d| ms(d - t0));
+        row.lw_deadline_ms = deadline_hit(&lw_pings, t0, t_end).map(|d| ms(d - t0));
         while let Ok((e, at)) = rx.try_recv() {
             if let StallEvent::Started { report, .. } = e {
                 if row.lw_started_ms.is_none() {
@@ -179,7 +183,7 @@ fn main() {
             "seed: systemd deadline hit at",
             "seed: report",
             "loopwatch: stall declared + report on disk at",
-            "loopwatch: pings after detection",
+            "loopwatch: pings during block (after detection)",
             "loopwatch: systemd deadline at",
             "loopwatch_worker_stuck at",
         ],
@@ -200,7 +204,7 @@ fn main() {
                     Some(v) => format!("{} ({})", f(v, 1), if r.lw_report { "report" } else { "no file" }),
                     None => "never".into(),
                 },
-                r.lw_pings_after_detect.to_string(),
+                format!("{} ({})", r.lw_pings_during, r.lw_pings_after_detect),
                 opt(r.lw_deadline_ms),
                 opt(r.worker_stuck_ms),
             ]);

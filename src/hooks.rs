@@ -1241,7 +1241,8 @@ impl WorkerWatch {
 mod tests {
     use super::*;
     use crate::clock::now_us;
-    use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize};
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, AtomicI32};
     use std::time::Instant;
 
     /// Threshold and monitor tick used by the detection tests, µs.
@@ -1415,13 +1416,16 @@ mod tests {
         let stuck = stuck_of(&log);
         assert_eq!(stuck.len(), 1, "{how:?}: {log:#?}");
         let stuck = stuck[0];
+        eprintln!("{how:?} {workers} workers, blocker tid {tid}: {stuck:?}");
         let after = stuck.detected_at as i64 - started as i64;
         assert!(
             after >= (T - 100_000) as i64 && after <= (T + TICK + 250_000) as i64,
             "{how:?}: flagged {after} µs after the block began (T = {T} µs): {stuck:?}"
         );
         if tid != 0 {
-            assert!(stuck.tids.contains(&tid), "{how:?}: {tid} not in {stuck:?}");
+            // The most likely thread first; on stable tokio others may follow
+            // when the hooks cannot tell (see the module's documentation).
+            assert_eq!(stuck.tids.first(), Some(&tid), "{how:?}: {stuck:?}");
         }
         assert!(stuck.thread.is_some(), "{stuck:?}");
         #[cfg(tokio_unstable)]
@@ -1482,7 +1486,11 @@ mod tests {
     }
 
     /// Eight tasks that each spin ~50 µs and yield, for 2 s, on 4 workers:
-    /// every worker is busy, none is ever flagged.
+    /// every worker is busy, none is flagged. The one exception the test
+    /// accepts is a worker whose thread really ran none of these polls for
+    /// longer than T (the OS did not run it: on a loaded CI machine a
+    /// thread can be descheduled or wait on a page fault that long); that
+    /// is a true stall of the worker, and reporting it is right.
     #[test]
     fn a_busy_cooperative_workload_is_never_flagged() {
         let hooks = RuntimeHooks::new();
@@ -1490,18 +1498,34 @@ mod tests {
         wait_for_workers(&hooks, 4);
         let mut watch = WorkerWatch::new(hooks.clone(), rt.handle().clone(), T);
         let mut log = Vec::new();
-        let polls = Arc::new(AtomicUsize::new(0));
-        let end = Instant::now() + Duration::from_secs(2);
+        // Per thread: its last poll, its polls, and its gaps between two
+        // polls longer than 100 ms (from, to), µs.
+        type PerThread = HashMap<i32, (u64, u64, Vec<(u64, u64)>)>;
+        let threads = Arc::new(Mutex::new(PerThread::new()));
+        let end = now_us() + 2_000_000;
         let tasks: Vec<_> = (0..8)
             .map(|_| {
-                let polls = polls.clone();
+                let threads = threads.clone();
                 rt.spawn(async move {
-                    while Instant::now() < end {
+                    while now_us() < end {
                         let spin = Instant::now();
                         while spin.elapsed() < Duration::from_micros(50) {
                             std::hint::spin_loop();
                         }
-                        polls.fetch_add(1, Ordering::Relaxed);
+                        let now = now_us();
+                        {
+                            let mut threads = threads.lock();
+                            let t = threads.entry(crate::stacks::current_tid()).or_insert((
+                                now,
+                                0,
+                                Vec::new(),
+                            ));
+                            if now - t.0 > 100_000 {
+                                t.2.push((t.0, now));
+                            }
+                            t.0 = now;
+                            t.1 += 1;
+                        }
                         tokio::task::yield_now().await;
                     }
                 })
@@ -1510,13 +1534,30 @@ mod tests {
         let busy_before: Vec<Duration> = (0..4)
             .map(|i| rt.metrics().worker_total_busy_duration(i))
             .collect();
-        sample_until(&mut watch, now_us() + 2_300_000, &mut log);
+        sample_until(&mut watch, end + 300_000, &mut log);
         for t in tasks {
             rt.block_on(t).unwrap();
         }
-        assert!(stuck_of(&log).is_empty(), "{log:#?}");
+        let threads = threads.lock().clone();
+        for stuck in stuck_of(&log) {
+            let starved = stuck.tids.iter().any(|tid| {
+                threads.get(tid).is_some_and(|t| {
+                    t.2.iter().any(|&(from, to)| {
+                        to - from >= T - 2 * TICK
+                            && from <= stuck.detected_at
+                            && to + TICK >= stuck.stuck_since
+                    })
+                })
+            });
+            assert!(
+                starved,
+                "a cooperative worker was flagged: {stuck:?}; per thread \
+                 (last poll, polls, gaps > 100 ms): {threads:?}; {log:#?}"
+            );
+            eprintln!("flagged, but its thread really ran nothing for > T: {stuck:?}");
+        }
         // The workload really kept every worker busy.
-        let polls = polls.load(Ordering::Relaxed);
+        let polls: u64 = threads.values().map(|t| t.1).sum();
         assert!(polls > 10_000, "only {polls} polls");
         for (i, before) in busy_before.iter().enumerate() {
             let busy = rt.metrics().worker_total_busy_duration(i) - *before;
@@ -1640,68 +1681,5 @@ mod tests {
             println!("before+after poll hooks, {what}: {per:.2} ns per poll");
         }
         hooks.on_thread_stop();
-    }
-}
-#[cfg(test)]
-mod experiment {
-    use super::*;
-    use crate::clock::now_us;
-    use std::sync::atomic::AtomicBool;
-    use std::time::Instant;
-
-    #[test]
-    #[ignore]
-    fn busy_under_cpu_contention() {
-        let hogs_stop = Arc::new(AtomicBool::new(false));
-        let hogs: Vec<_> = (0..4)
-            .map(|_| {
-                let stop = hogs_stop.clone();
-                std::thread::spawn(move || while !stop.load(Ordering::Relaxed) { std::hint::spin_loop() })
-            })
-            .collect();
-        let hooks = RuntimeHooks::new();
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(4).enable_all();
-        let rt = hooks.install(&mut builder).build().unwrap();
-        std::thread::sleep(Duration::from_millis(200));
-        let mut watch = WorkerWatch::new(hooks.clone(), rt.handle().clone(), 300_000);
-        let gaps = Arc::new(Mutex::new(HashMap::<i32, (u64, u64, u64)>::new()));
-        let end = Instant::now() + Duration::from_secs(4);
-        let tasks: Vec<_> = (0..8)
-            .map(|_| {
-                let gaps = gaps.clone();
-                rt.spawn(async move {
-                    while Instant::now() < end {
-                        let spin = Instant::now();
-                        while spin.elapsed() < Duration::from_micros(50) {
-                            std::hint::spin_loop();
-                        }
-                        let now = now_us();
-                        let tid = crate::stacks::current_tid();
-                        let mut g = gaps.lock();
-                        let e = g.entry(tid).or_insert((now, 0, 0));
-                        e.1 = e.1.max(now - e.0);
-                        e.0 = now;
-                        e.2 += 1;
-                        drop(g);
-                        tokio::task::yield_now().await;
-                    }
-                })
-            })
-            .collect();
-        let stop_at = now_us() + 4_200_000;
-        let mut log = Vec::new();
-        while now_us() < stop_at {
-            let now = now_us();
-            for t in watch.sample(now) {
-                println!("{now}: {t:?}");
-                log.push(t);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        for t in tasks { rt.block_on(t).unwrap(); }
-        hogs_stop.store(true, Ordering::Relaxed);
-        for h in hogs { h.join().unwrap(); }
-        println!("max inter-poll gaps per thread (µs), polls: {:?}", gaps.lock());
     }
 }

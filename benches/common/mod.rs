@@ -184,15 +184,24 @@ pub fn verdict(ok: bool) -> String {
 
 /// Resident set size of this process, in KiB (`/proc/self/statm`).
 pub fn rss_kib() -> u64 {
+    rss_split_kib().0
+}
+
+/// Resident set size and its file-backed (shared) part, in KiB
+/// (`/proc/self/statm` fields 2 and 3).
+pub fn rss_split_kib() -> (u64, u64) {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("read /proc/self/statm");
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .expect("statm resident field");
+    let field = |i: usize| -> u64 {
+        statm
+            .split_whitespace()
+            .nth(i)
+            .and_then(|p| p.parse().ok())
+            .expect("statm field")
+    };
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    pages * (page.max(4096) as u64) / 1024
+    let kib = |pages: u64| pages * (page.max(4096) as u64) / 1024;
+    (kib(field(1)), kib(field(2)))
 }
 
 /// Threads in this process (`/proc/self/task`).

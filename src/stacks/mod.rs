@@ -188,7 +188,7 @@ pub enum CaptureOutcome {
     Exited,
     /// The thread doing the capture (the monitor); not interrupted.
     Monitor,
-    /// Capture failed for another reason, given in [`ThreadStack::detail`].
+    /// Capture failed for another reason, given in the thread's `detail`.
     Failed,
 }
 
