@@ -40,10 +40,7 @@ fn gating_child(multi_thread: bool) {
             .build()
             .unwrap()
     } else {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
+        common::current_thread()
     };
     rt.block_on(async {
         let wd = Watchdog::builder()
@@ -254,10 +251,7 @@ fn measure_block(rt: tokio::runtime::Runtime, workers: usize) -> Duration {
 
 #[test]
 fn a_300ms_block_is_measured_as_300ms() {
-    let ct = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let ct = common::current_thread();
     // current_thread: the blocking task runs on the test thread inside block_on.
     let d = measure_block(ct, 1);
     assert!(
@@ -284,10 +278,7 @@ fn two_runtimes_name_the_stalled_one() {
             .enable_all()
             .build()
             .unwrap();
-        let jobs = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let jobs = common::current_thread();
         let wd = Watchdog::builder()
             .probe_interval(PROBE)
             .watch("api", api.handle().clone())
@@ -506,10 +497,7 @@ fn a_dropped_runtime_stops_the_pings() {
 
 #[test]
 fn a_panicking_callback_is_caught_and_the_monitor_lives_on() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::current_thread();
     let wd = Watchdog::builder()
         .stall_threshold(Duration::from_millis(60))
         .probe_interval(Duration::from_millis(10))

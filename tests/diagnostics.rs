@@ -170,10 +170,7 @@ fn a_recovered_stall_leaves_a_report_with_its_duration() {
 
 /// A current_thread runtime on this thread, watched, with reports in `dir`.
 fn watched(dir: &Path, keep: usize) -> (tokio::runtime::Runtime, Watchdog) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::current_thread();
     let wd = Watchdog::builder()
         .stall_threshold(Duration::from_millis(80))
         .probe_interval(Duration::from_millis(10))

@@ -16,10 +16,7 @@ const PROBE: Duration = Duration::from_millis(20);
 /// Child side: a healthy loop for `healthy`, then a 400 ms stall, then a bit
 /// more; asserts the monitor lived through it and reports its counters.
 fn run_loop_with_stall(healthy: Duration) -> loopwatch::Status {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::current_thread();
     let wd = Watchdog::builder()
         .probe_interval(PROBE)
         .stall_threshold(Duration::from_millis(100))
@@ -114,10 +111,7 @@ fn an_abstract_notify_socket_receives_pings() {
 #[test]
 fn pings_resume_when_the_socket_comes_back() {
     if role().as_deref() == Some("vanish") {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = common::current_thread();
         let wd = Watchdog::builder()
             .probe_interval(PROBE)
             .no_report_files()
@@ -175,10 +169,7 @@ fn pings_resume_when_the_socket_comes_back() {
 fn a_deleted_report_directory_is_recreated() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("reports");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::current_thread();
     let wd = Watchdog::builder()
         .probe_interval(Duration::from_millis(10))
         .stall_threshold(Duration::from_millis(80))
@@ -202,10 +193,7 @@ fn a_deleted_report_directory_is_recreated() {
 #[test]
 fn two_monitors_only_one_talks_to_systemd() {
     if role().as_deref() == Some("two-monitors") {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = common::current_thread();
         let a = Watchdog::builder()
             .probe_interval(PROBE)
             .no_report_files()
@@ -260,10 +248,7 @@ fn two_monitors_only_one_talks_to_systemd() {
 #[test]
 fn shutdown_during_a_stall_returns_promptly() {
     if role().as_deref() == Some("shutdown-stalled") {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = common::current_thread();
         let wd = Watchdog::builder()
             .probe_interval(PROBE)
             .stall_threshold(Duration::from_millis(100))

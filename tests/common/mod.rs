@@ -260,3 +260,12 @@ pub fn block_until(flag: &std::sync::atomic::AtomicBool) {
         std::thread::sleep(Duration::from_millis(2));
     }
 }
+
+/// A current_thread runtime with I/O and timers: one thread runs every
+/// task, so a blocking call anywhere stalls the loop.
+pub fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("build a current_thread runtime")
+}
