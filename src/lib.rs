@@ -10,7 +10,23 @@
 //!   stamps when it was polled; the difference is the loop's lag, in µs;
 //! * the **monitor** thread forwards systemd's `WATCHDOG=1` only while
 //!   every runtime answers within the stall threshold, and says in the log,
-//!   in `STATUS=` and to your callback when a loop stalls and recovers.
+//!   in `STATUS=` and to your callback when a loop stalls and recovers;
+//! * on a stall it captures **every thread's stack** (a real-time signal
+//!   whose handler only copies registers and stack; unwinding and
+//!   symbolization happen afterwards on the monitor thread), decides a
+//!   [`Verdict`] and a [`Culprit`], and writes a [`StallReport`] atomically
+//!   before systemd's watchdog deadline ([`Builder::report_dir`]);
+//! * it exports Prometheus metrics and serves `/metrics` and `/healthz`
+//!   from a thread of its own ([`Builder::serve_metrics`]), the liveness
+//!   probe's `WATCHDOG=1`;
+//! * with [`RuntimeHooks`] installed on a multi-thread runtime it also
+//!   catches one worker stuck in a poll while the others still answer the
+//!   probe ([`Builder::watch_with_hooks`]).
+//!
+//! loopwatch never takes the daemon down by itself: a bad setting is a
+//! typed [`Error`] from [`Builder::start`], and a failure at run time (a ping
+//! that cannot be sent, a report that cannot be written, a panicking
+//! callback) is counted, logged and survived.
 //!
 //! # Quick start
 //!
