@@ -37,14 +37,18 @@
 //! tokio there is no such accessor, so each worker thread learns its index
 //! from its own park/unpark hooks: the park hook snapshots every worker's
 //! published park/unpark count; between the two hooks the thread's own
-//! worker publishes an odd count (at park) and then an even one (right
-//! after waking), so at the unpark hook its index is among those whose
-//! count rose to an even value. Successive cycles are intersected (and must
-//! chain: while awake a worker's count does not move), which narrows the
-//! candidates to the thread's own index. The monitor then attributes a stuck
-//! index to the awake threads whose learned indices contain it and whose
-//! unpark snapshot still equals the frozen count. When that leaves more
-//! than one thread, all are reported (`tids`), the most likely first.
+//! worker publishes an odd count (before sleeping) and then an even one
+//! (right after waking), so at the unpark hook its index is among those
+//! whose count rose to an even value. Successive cycles are intersected
+//! (and must chain: while awake a worker's count does not move), which
+//! narrows the candidates to the thread's own index; the thread starts
+//! over only when two cycles in a row disagree with what it learned (it
+//! now runs another worker, after `block_in_place`). The monitor keeps, per
+//! thread, the learned indices that the current counts agree with (an
+//! awake thread's worker still shows the count of its unpark snapshot),
+//! removes from each thread the indices another thread alone claims, and
+//! attributes a stuck index to the awake threads left with it. When more
+//! than one remains, all are reported (`tids`), the most likely first.
 //!
 //! # Limits
 //!
@@ -55,15 +59,14 @@
 //! * On stable tokio a worker thread is known from its first park/unpark
 //!   cycle; a worker stuck before it ever parked (right at start-up) is not
 //!   attributed to a thread and therefore not reported.
+//! * A worker thread that the OS does not run for longer than `T`
+//!   (descheduled on an overloaded machine, waiting on a page fault) is
+//!   reported too: the tasks queued on it did wait that long.
 //! * One `RuntimeHooks` serves one runtime.
-
-// The monitor-side API below is wired into the monitor by the integration
-// step; until then parts of it are used only by this module's tests.
-#![allow(dead_code)]
 
 use std::cell::RefCell;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::ThreadId;
 use std::time::Duration;
@@ -77,8 +80,6 @@ use std::cell::Cell;
 use std::collections::HashMap;
 #[cfg(tokio_unstable)]
 use std::panic::Location;
-#[cfg(tokio_unstable)]
-use std::sync::atomic::fence;
 #[cfg(tokio_unstable)]
 use std::sync::atomic::AtomicU32;
 #[cfg(tokio_unstable)]
@@ -499,9 +500,12 @@ impl RuntimeHooks {
     ///     .install(tokio::runtime::Builder::new_multi_thread().worker_threads(2))
     ///     .build()
     ///     .unwrap();
-    /// runtime.block_on(async {});
+    /// let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    /// while hooks.threads().len() < 2 && std::time::Instant::now() < deadline {
+    ///     std::thread::sleep(std::time::Duration::from_millis(5));
+    /// }
     /// assert!(hooks.threads().len() >= 2);
-    /// drop(runtime);
+    /// drop(runtime); // joins its threads, which unregister
     /// assert!(hooks.threads().is_empty());
     /// ```
     pub fn threads(&self) -> Vec<i32> {
@@ -618,19 +622,6 @@ impl Learned {
                 .collect(),
         }
     }
-
-    fn has(&self, worker: usize) -> bool {
-        self.mask
-            .get(worker / 64)
-            .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (worker % 64)) != 0)
-    }
-
-    fn count(&self) -> u32 {
-        self.mask
-            .iter()
-            .map(|w| w.load(Ordering::Relaxed).count_ones())
-            .sum()
-    }
 }
 
 /// A worker thread's private learning state.
@@ -644,6 +635,8 @@ struct LocalLearn {
     /// Scratch bit sets (no allocation per park).
     cand: Vec<u64>,
     chained: Vec<u64>,
+    /// The candidates of the last cycle that disagreed with the mask.
+    pending: Option<Vec<u64>>,
 }
 
 #[cfg(not(tokio_unstable))]
@@ -656,6 +649,7 @@ impl LocalLearn {
             cycled: false,
             cand: vec![0; words],
             chained: vec![0; words],
+            pending: None,
         }
     }
 
@@ -671,6 +665,9 @@ impl LocalLearn {
     /// value; while awake its count does not move, so it also chains with
     /// the previous cycle.
     fn at_unpark(&mut self, learned: &Learned) {
+        // Seqlock writer: the slot's park sequence is odd since the park
+        // hook; a monitor that reads these stores will see it changed.
+        fence(Ordering::Release);
         self.cand.fill(0);
         self.chained.fill(0);
         let mut any = false;
@@ -692,22 +689,45 @@ impl LocalLearn {
             // the hooks): nothing learned.
             return;
         }
-        let old: Vec<u64> = learned
-            .mask
-            .iter()
-            .map(|w| w.load(Ordering::Relaxed))
-            .collect();
-        let and = |x: &[u64]| -> Option<Vec<u64>> {
-            let v: Vec<u64> = old.iter().zip(x).map(|(o, c)| o & c).collect();
-            v.iter().any(|w| *w != 0).then_some(v)
+        // Narrow when consistent. When not, the thread may now run another
+        // worker (after `block_in_place`), or this cycle was not a real park
+        // and only saw other workers move: start over only when two cycles
+        // in a row agree with each other and not with the mask.
+        let mask = &learned.mask;
+        let overlaps = |set: &[u64]| {
+            mask.iter()
+                .zip(set)
+                .any(|(m, s)| m.load(Ordering::Relaxed) & s != 0)
         };
-        // Narrow when consistent; start over when not (the thread now runs
-        // another worker, e.g. after `block_in_place`).
-        let new = and(&self.chained)
-            .or_else(|| and(&self.cand))
-            .unwrap_or_else(|| self.cand.clone());
-        for (w, v) in learned.mask.iter().zip(new) {
-            w.store(v, Ordering::Relaxed);
+        let narrow = |set: &[u64]| {
+            for (m, s) in mask.iter().zip(set) {
+                m.store(m.load(Ordering::Relaxed) & s, Ordering::Relaxed);
+            }
+        };
+        let empty = mask.iter().all(|m| m.load(Ordering::Relaxed) == 0);
+        if overlaps(&self.chained) {
+            narrow(&self.chained);
+            self.pending = None;
+        } else if overlaps(&self.cand) {
+            narrow(&self.cand);
+            self.pending = None;
+        } else if empty {
+            for (m, s) in mask.iter().zip(&self.cand) {
+                m.store(*s, Ordering::Relaxed);
+            }
+        } else {
+            let agreed: Option<Vec<u64>> = self.pending.take().and_then(|p| {
+                let both: Vec<u64> = p.iter().zip(&self.cand).map(|(p, c)| p & c).collect();
+                both.iter().any(|w| *w != 0).then_some(both)
+            });
+            match agreed {
+                Some(both) => {
+                    for (m, s) in mask.iter().zip(both) {
+                        m.store(s, Ordering::Relaxed);
+                    }
+                }
+                None => self.pending = Some(self.cand.clone()),
+            }
         }
     }
 }
@@ -823,6 +843,7 @@ fn location_text(index: u32) -> Option<String> {
 /// The number a `tokio::task::Id` displays as, read without formatting: the
 /// id is a `NonZeroU64` newtype whose derived `Hash` writes that number,
 /// which this hasher captures. (A unit test checks it against `Display`.)
+#[cfg(any(test, tokio_unstable))]
 #[inline]
 fn task_id_bits(id: tokio::task::Id) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -869,8 +890,11 @@ pub struct StuckWorker {
     pub tids: Vec<i32>,
     /// The thread's name, when it has one.
     pub thread: Option<String>,
-    /// How long it has made no progress, in seconds (measured at the
-    /// monitor's ticks: a lower bound, within one tick).
+    /// How long it has shown no progress, in seconds, measured at the
+    /// monitor's ticks. With `--cfg tokio_unstable` this is the time in the
+    /// current poll (a lower bound, within one tick); on stable tokio it
+    /// counts from the worker's last published metrics, which may include
+    /// the last few short polls before the stuck one.
     pub stuck_for_seconds: f64,
     /// The task it is stuck polling (with `--cfg tokio_unstable` only).
     pub task: Option<StuckTask>,
@@ -941,6 +965,15 @@ pub(crate) enum WorkerTransition {
 /// the task it polls.
 type Found = (Vec<i32>, Option<String>, Option<StuckTask>);
 
+/// Stable tokio: one known worker thread as the monitor sees it this tick.
+#[cfg(not(tokio_unstable))]
+struct WorkerView<'a> {
+    slot: &'a Slot,
+    parked: bool,
+    /// The worker indices it may run now (a bit set).
+    mask: Vec<u64>,
+}
+
 /// What the monitor tracks per worker index between ticks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct WorkerKey {
@@ -968,6 +1001,8 @@ pub(crate) struct WorkerWatch {
     hooks: RuntimeHooks,
     handle: Handle,
     threshold: u64,
+    /// When [`WorkerWatch::sample`] last ran, µs.
+    last_sample: Option<u64>,
     generation: u64,
     slots: Vec<Arc<Slot>>,
     #[cfg(tokio_unstable)]
@@ -995,22 +1030,13 @@ impl WorkerWatch {
             hooks,
             handle,
             threshold,
+            last_sample: None,
             generation: u64::MAX,
             slots: Vec::new(),
             #[cfg(tokio_unstable)]
             by_thread: HashMap::new(),
             workers: Vec::new(),
         }
-    }
-
-    /// The stall threshold, µs.
-    pub(crate) fn threshold(&self) -> u64 {
-        self.threshold
-    }
-
-    /// Changes the stall threshold (µs); takes effect at the next sample.
-    pub(crate) fn set_threshold(&mut self, threshold: u64) {
-        self.threshold = threshold;
     }
 
     /// The workers stuck now.
@@ -1028,29 +1054,30 @@ impl WorkerWatch {
         self.stuck().map(|s| s.to_report(now)).collect()
     }
 
-    /// The tids of the stuck workers, most likely first, without repeats:
-    /// the threads whose stacks a capture should take first.
-    pub(crate) fn stuck_tids(&self) -> Vec<i32> {
-        let mut out = Vec::new();
-        for s in self.stuck() {
-            for &tid in &s.tids {
-                if !out.contains(&tid) {
-                    out.push(tid);
-                }
-            }
-        }
-        out
-    }
-
     /// Reads the runtime's metrics and the hooks' state at monitor time
     /// `now` (µs), and returns what changed: each worker that became stuck
-    /// and each stuck worker that recovered, once each.
+    /// and each stuck worker that recovered, once each. Call it on every
+    /// monitor tick; if it was not called for longer than the threshold,
+    /// that stretch counts as unobserved (a paused process does not make
+    /// every busy worker look stuck), so detection takes another threshold.
     pub(crate) fn sample(&mut self, now: u64) -> Vec<WorkerTransition> {
         let mut out = Vec::new();
         if self.handle.runtime_flavor() != RuntimeFlavor::MultiThread {
             return out;
         }
         self.refresh_slots();
+        // The monitor itself did not run for longer than the threshold (the
+        // process was paused, or the machine overloaded): nothing was
+        // observed meanwhile, so that stretch is no worker's stuck time.
+        let gap = self
+            .last_sample
+            .is_some_and(|last| now.saturating_sub(last) > self.threshold);
+        self.last_sample = Some(now);
+        if gap {
+            for w in &mut self.workers {
+                w.since = now;
+            }
+        }
         let metrics = self.handle.metrics();
         let n = metrics.num_workers();
         let park_unpark: Vec<u64> = (0..n)
@@ -1200,33 +1227,60 @@ impl WorkerWatch {
     }
 
     /// Stable tokio: worker `i`, unchanged for longer than the threshold,
-    /// is stuck if its published count says awake; its thread is an awake
-    /// thread that learned it may run `i` and whose unpark snapshot still
-    /// shows `i`'s frozen count. No such thread: not reported.
+    /// is stuck if its published count says awake. Its thread is an awake
+    /// thread that may run `i` (see [`Self::worker_views`]), after removing
+    /// from each thread the indices another thread alone claims; the one
+    /// with the fewest other candidates first. No such thread: not
+    /// reported.
     #[cfg(not(tokio_unstable))]
     fn judge_stable(&self, i: usize, park_unpark: &[u64]) -> Option<Found> {
         if park_unpark[i] % 2 == 1 {
             return None; // parked
         }
-        let mut candidates: Vec<(u32, &Arc<Slot>)> = Vec::new();
-        for slot in &self.slots {
-            let seq = slot.park_seq.load(Ordering::Acquire);
-            if seq == 0 || seq & 1 == 1 {
-                continue; // not a known worker, or parked
+        let views = self.worker_views(park_unpark);
+        let has = |mask: &[u64], j: usize| mask[j / 64] & (1 << (j % 64)) != 0;
+        let count = |mask: &[u64]| mask.iter().map(|w| w.count_ones()).sum::<u32>();
+        let pick = |masks: &[Vec<u64>]| -> Vec<(u32, &Slot)> {
+            let mut out: Vec<(u32, &Slot)> = views
+                .iter()
+                .zip(masks)
+                .filter(|(v, m)| !v.parked && has(m, i))
+                .map(|(v, m)| (count(m), v.slot))
+                .collect();
+            // The thread that learned `i` most precisely first.
+            out.sort_by_key(|(count, _)| *count);
+            out
+        };
+        let raw: Vec<Vec<u64>> = views.iter().map(|v| v.mask.clone()).collect();
+        // Elimination: an index that another thread alone claims is not
+        // this thread's (unless that would leave it nothing).
+        let mut masks = raw.clone();
+        loop {
+            let mut changed = false;
+            for a in 0..masks.len() {
+                if count(&masks[a]) != 1 {
+                    continue;
+                }
+                let single = masks[a].clone();
+                for (b, mask) in masks.iter_mut().enumerate() {
+                    if b == a || count(mask) <= 1 {
+                        continue;
+                    }
+                    let rest: Vec<u64> = mask.iter().zip(&single).map(|(m, s)| m & !s).collect();
+                    if rest != *mask && count(&rest) > 0 {
+                        *mask = rest;
+                        changed = true;
+                    }
+                }
             }
-            let learned = &slot.learned;
-            let consistent = learned.has(i)
-                && learned
-                    .at_unpark
-                    .get(i)
-                    .is_some_and(|b| b.load(Ordering::Relaxed) == park_unpark[i]);
-            // A slot that moved while we read it is not stuck on anything.
-            if consistent && slot.park_seq.load(Ordering::Acquire) == seq {
-                candidates.push((learned.count(), slot));
+            if !changed {
+                break;
             }
         }
-        // The thread that learned `i` most precisely first.
-        candidates.sort_by_key(|(count, _)| *count);
+        let mut candidates = pick(&masks);
+        if candidates.is_empty() {
+            candidates = pick(&raw);
+        }
         let first = candidates.first()?;
         let thread = first.1.name.clone();
         Some((
@@ -1234,6 +1288,46 @@ impl WorkerWatch {
             thread,
             None,
         ))
+    }
+
+    /// Stable tokio: each known worker thread, read consistently, with the
+    /// worker indices it may run now: those it learned, kept only where the
+    /// current counts agree (an awake thread's worker has not published
+    /// since its unpark, so its count still equals the unpark snapshot; a
+    /// parked thread's worker shows an odd count).
+    #[cfg(not(tokio_unstable))]
+    fn worker_views(&self, park_unpark: &[u64]) -> Vec<WorkerView<'_>> {
+        let n = park_unpark.len();
+        let mut views = Vec::new();
+        for slot in &self.slots {
+            let seq = slot.park_seq.load(Ordering::Acquire);
+            let learned = &slot.learned;
+            if seq == 0 || learned.at_unpark.len() != n {
+                continue; // not a known worker of this runtime
+            }
+            let parked = seq & 1 == 1;
+            let mut mask: Vec<u64> = learned
+                .mask
+                .iter()
+                .map(|m| m.load(Ordering::Relaxed))
+                .collect();
+            for (j, &count) in park_unpark.iter().enumerate() {
+                let agrees = if parked {
+                    count % 2 == 1
+                } else {
+                    learned.at_unpark[j].load(Ordering::Relaxed) == count
+                };
+                if !agrees {
+                    mask[j / 64] &= !(1 << (j % 64));
+                }
+            }
+            // A thread that moved while we read it is skipped this tick.
+            fence(Ordering::Acquire);
+            if slot.park_seq.load(Ordering::Relaxed) == seq {
+                views.push(WorkerView { slot, parked, mask });
+            }
+        }
+        views
     }
 }
 
@@ -1336,7 +1430,7 @@ mod tests {
     /// within T plus a tick or two, named by its thread (and, with
     /// tokio_unstable, by its task and spawn location), then reported
     /// recovered once.
-    fn blocked_worker(workers: usize, how: Spawn, block: Duration) {
+    fn blocked_worker(workers: usize, how: Spawn, block: Duration, busy: usize) {
         let hooks = RuntimeHooks::new();
         let rt = runtime(&hooks, workers);
         wait_for_workers(&hooks, workers);
@@ -1355,8 +1449,26 @@ mod tests {
                 }
             }
         });
+        // Background load: `busy` tasks that spin ~50 µs and yield.
+        let spinners: Vec<_> = (0..busy)
+            .map(|_| {
+                let stop = stop.clone();
+                rt.spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let spin = Instant::now();
+                        while spin.elapsed() < Duration::from_micros(50) {
+                            std::hint::spin_loop();
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
         sample_until(&mut watch, now_us() + 300_000, &mut log);
-        assert!(stuck_of(&log).is_empty(), "flagged while idle: {log:?}");
+        assert!(
+            stuck_of(&log).is_empty(),
+            "flagged before the block: {log:?}"
+        );
 
         let tid = Arc::new(AtomicI32::new(-1));
         let thread = Arc::new(Mutex::new(None));
@@ -1396,6 +1508,9 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         rt.block_on(probe).unwrap();
         rt.block_on(blocker).unwrap();
+        for s in spinners {
+            rt.block_on(s).unwrap();
+        }
 
         // The other workers stayed responsive: the timer loop kept beating.
         let beats: Vec<u64> = beats
@@ -1416,7 +1531,7 @@ mod tests {
         let stuck = stuck_of(&log);
         assert_eq!(stuck.len(), 1, "{how:?}: {log:#?}");
         let stuck = stuck[0];
-        eprintln!("{how:?} {workers} workers, blocker tid {tid}: {stuck:?}");
+        eprintln!("{how:?}, {workers} workers, {busy} busy: blocker tid {tid}: {stuck:?}");
         let after = stuck.detected_at as i64 - started as i64;
         assert!(
             after >= (T - 100_000) as i64 && after <= (T + TICK + 250_000) as i64,
@@ -1472,17 +1587,22 @@ mod tests {
 
     #[test]
     fn a_worker_blocked_in_one_poll_is_flagged_then_recovers() {
-        blocked_worker(4, Spawn::Outside, Duration::from_secs(2));
+        blocked_worker(4, Spawn::Outside, Duration::from_secs(2), 0);
     }
 
     #[test]
     fn a_task_blocking_the_worker_that_spawned_it_is_flagged() {
-        blocked_worker(4, Spawn::FromWorker, Duration::from_millis(1500));
+        blocked_worker(4, Spawn::FromWorker, Duration::from_millis(1500), 0);
     }
 
     #[test]
     fn the_stuck_one_of_many_workers_is_named() {
-        blocked_worker(8, Spawn::Outside, Duration::from_millis(1500));
+        blocked_worker(8, Spawn::Outside, Duration::from_millis(1500), 0);
+    }
+
+    #[test]
+    fn a_worker_stuck_among_busy_ones_is_named() {
+        blocked_worker(4, Spawn::Outside, Duration::from_millis(1500), 3);
     }
 
     /// Eight tasks that each spin ~50 µs and yield, for 2 s, on 4 workers:
@@ -1591,6 +1711,41 @@ mod tests {
         assert!(stuck_of(&log).is_empty(), "{log:#?}");
     }
 
+    /// A stretch during which the monitor did not sample (a paused
+    /// process) is not counted as stuck time: the worker is flagged only a
+    /// threshold after sampling resumed.
+    #[test]
+    fn a_gap_in_sampling_is_not_stuck_time() {
+        let hooks = RuntimeHooks::new();
+        let rt = runtime(&hooks, 2);
+        wait_for_workers(&hooks, 2);
+        let mut watch = WorkerWatch::new(hooks.clone(), rt.handle().clone(), T);
+        let started = Arc::new(AtomicU64::new(0));
+        let blocker = rt.spawn({
+            let started = started.clone();
+            async move {
+                started.store(now_us(), Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+        });
+        while started.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut log = watch.sample(now_us());
+        std::thread::sleep(Duration::from_micros(2 * T));
+        let resumed = now_us();
+        log.extend(watch.sample(resumed));
+        assert!(stuck_of(&log).is_empty(), "flagged across the gap: {log:?}");
+        sample_until(&mut watch, resumed + T + 300_000, &mut log);
+        let stuck = stuck_of(&log);
+        assert_eq!(stuck.len(), 1, "{log:#?}");
+        assert!(
+            stuck[0].detected_at > resumed + T,
+            "{stuck:?} resumed at {resumed}"
+        );
+        rt.block_on(blocker).unwrap();
+    }
+
     #[test]
     fn a_current_thread_runtime_reports_nothing() {
         let hooks = RuntimeHooks::new();
@@ -1654,6 +1809,33 @@ mod tests {
         p.begin(8, 4);
         p.begin(9, 5); // a missed end still leaves the sequence odd
         assert_eq!(p.read(), (5, Some((9, 5))));
+    }
+
+    /// Cost of one park/unpark hook pair on stable tokio, where the hooks
+    /// also learn the worker index (run with `--ignored --nocapture`, in
+    /// release mode for a real number).
+    #[cfg(not(tokio_unstable))]
+    #[test]
+    #[ignore]
+    fn park_hook_cost() {
+        for workers in [4, 16, 64] {
+            let hooks = RuntimeHooks::new();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .build()
+                .unwrap();
+            let _entered = rt.enter();
+            hooks.on_thread_start();
+            let n = 1_000_000u32;
+            let begin = Instant::now();
+            for _ in 0..n {
+                hooks.on_thread_park();
+                hooks.on_thread_unpark();
+            }
+            let per = begin.elapsed().as_nanos() as f64 / f64::from(n);
+            println!("park+unpark hooks, {workers} workers: {per:.1} ns per cycle");
+            hooks.on_thread_stop();
+        }
     }
 
     /// Per-poll cost of the before/after hooks on a registered thread
