@@ -215,8 +215,9 @@ fn two_monitors_only_one_talks_to_systemd() {
             block_for(Duration::from_millis(300));
             tokio::time::sleep(Duration::from_millis(100)).await;
         });
-        assert_eq!(a.status().runtime("main").unwrap().stalls, 1);
-        assert_eq!(b.status().runtime("main").unwrap().stalls, 1, "both detect");
+        // At least the injected stall (a loaded machine may add a pause).
+        assert!(a.status().runtime("main").unwrap().stalls >= 1);
+        assert!(b.status().runtime("main").unwrap().stalls >= 1, "both detect");
         b.shutdown();
         a.shutdown();
         return;
