@@ -106,7 +106,10 @@ fn run_config(cfg: &Config) -> Results {
 fn main() {
     heading("detection latency and stall duration (targets 3 and 4)");
     let log = scratch_dir().join("detection-stderr.log");
-    println!("(loopwatch's compact stall reports go to {})", log.display());
+    println!(
+        "(loopwatch's compact stall reports go to {})",
+        log.display()
+    );
     let configs = vec![
         Config {
             threshold: Duration::from_millis(50),

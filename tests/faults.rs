@@ -217,7 +217,10 @@ fn two_monitors_only_one_talks_to_systemd() {
         });
         // At least the injected stall (a loaded machine may add a pause).
         assert!(a.status().runtime("main").unwrap().stalls >= 1);
-        assert!(b.status().runtime("main").unwrap().stalls >= 1, "both detect");
+        assert!(
+            b.status().runtime("main").unwrap().stalls >= 1,
+            "both detect"
+        );
         b.shutdown();
         a.shutdown();
         return;

@@ -88,6 +88,22 @@ pub fn stats(v: &[f64]) -> Stats {
     }
 }
 
+/// A distribution-free 95 % confidence interval of the median of `v`
+/// (order statistics: ranks n/2 ∓ 0.98·√n). With fewer than 6 values it is
+/// the whole range.
+pub fn median_ci95(v: &[f64]) -> (f64, f64) {
+    let mut s: Vec<f64> = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if s.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let n = s.len() as f64;
+    let k = (n / 2.0 - 0.98 * n.sqrt()).floor().max(1.0) as usize;
+    let lo = s[k - 1];
+    let hi = s[(s.len() + 1 - k).min(s.len()) - 1];
+    (lo, hi)
+}
+
 /// Median of `v`.
 pub fn median(v: &[f64]) -> f64 {
     stats(v).median
@@ -204,6 +220,49 @@ pub fn rss_split_kib() -> (u64, u64) {
     (kib(field(1)), kib(field(2)))
 }
 
+/// CPU time (user + system) this process has used so far, all threads.
+pub fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF is always valid.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Time on CPU (ns, from `/proc/self/task/<tid>/schedstat`) of this
+/// process's threads whose name starts with `prefix`, summed.
+pub fn threads_cpu_ns(prefix: &str) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("comm"))
+                .is_ok_and(|c| c.trim_end().starts_with(prefix))
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Time spent waiting on a run queue (ns, runnable but not running; the
+/// second field of `/proc/self/task/<tid>/schedstat`) by this process's
+/// threads whose name starts with `prefix`, summed.
+pub fn threads_wait_ns(prefix: &str) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("comm"))
+                .is_ok_and(|c| c.trim_end().starts_with(prefix))
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Threads in this process (`/proc/self/task`).
 pub fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task")
@@ -245,7 +304,6 @@ impl IdleThreads {
             // which spawn() guarantees.
         }
     }
-
 }
 
 impl Default for IdleThreads {
