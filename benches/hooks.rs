@@ -28,7 +28,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::hint::black_box;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -122,21 +121,7 @@ impl Bed {
         let (tx, rx) = std::sync::mpsc::channel();
         let c0 = cpu_time();
         let t0 = Instant::now();
-        self.rt.spawn(async move {
-            let mut hs = Vec::with_capacity(TASKS);
-            for _ in 0..TASKS {
-                hs.push(tokio::spawn(async move {
-                    for i in 0..yields {
-                        black_box(i);
-                        tokio::task::yield_now().await;
-                    }
-                }));
-            }
-            for h in hs {
-                h.await.unwrap();
-            }
-            let _ = tx.send(());
-        });
+        self.rt.spawn(common::yield_storm(TASKS, yields, tx));
         rx.recv().unwrap();
         let d = t0.elapsed();
         let cpu = cpu_time() - c0;

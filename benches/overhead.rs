@@ -39,7 +39,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::hint::black_box;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -163,21 +162,7 @@ impl Bed {
         match self.workload {
             Workload::YieldMt | Workload::YieldCt => {
                 let (tasks, yields) = (self.tasks, self.yields);
-                self.handle.spawn(async move {
-                    let mut hs = Vec::with_capacity(tasks);
-                    for _ in 0..tasks {
-                        hs.push(tokio::spawn(async move {
-                            for i in 0..yields {
-                                black_box(i);
-                                tokio::task::yield_now().await;
-                            }
-                        }));
-                    }
-                    for h in hs {
-                        h.await.unwrap();
-                    }
-                    let _ = tx.send(());
-                });
+                self.handle.spawn(common::yield_storm(tasks, yields, tx));
             }
             Workload::EchoMt => {
                 let addr = self.echo.unwrap();

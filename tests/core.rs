@@ -85,13 +85,7 @@ fn gating_child(multi_thread: bool) {
 
 fn gating_parent(test: &str, role_name: &str) {
     let l = NotifyListener::new();
-    let (out, d) = l.record(|| {
-        run_child(
-            test,
-            role_name,
-            &[l.env(), ("WATCHDOG_USEC", W_USEC.to_string())],
-        )
-    });
+    let (out, d) = l.run_child(test, role_name, &[("WATCHDOG_USEC", W_USEC.to_string())]);
     assert_child_ok(&out);
     let ready = d
         .iter()
@@ -184,18 +178,15 @@ fn a_process_that_is_not_watchdog_pid_never_pings() {
         return;
     }
     let l = NotifyListener::new();
-    let (out, d) = l.record(|| {
-        run_child(
-            "a_process_that_is_not_watchdog_pid_never_pings",
-            "foreign",
-            &[
-                l.env(),
-                ("WATCHDOG_USEC", "400000".into()),
-                // Our parent's pid: certainly not the child's.
-                ("WATCHDOG_PID", std::process::id().to_string()),
-            ],
-        )
-    });
+    let (out, d) = l.run_child(
+        "a_process_that_is_not_watchdog_pid_never_pings",
+        "foreign",
+        &[
+            ("WATCHDOG_USEC", "400000".into()),
+            // Our parent's pid: certainly not the child's.
+            ("WATCHDOG_PID", std::process::id().to_string()),
+        ],
+    );
     assert_child_ok(&out);
     marker_at(&d, "done");
     let from_loopwatch: Vec<_> = d.iter().filter(|g| g.marker().is_none()).collect();
@@ -320,13 +311,11 @@ fn two_runtimes_name_the_stalled_one() {
         return;
     }
     let l = NotifyListener::new();
-    let (out, d) = l.record(|| {
-        run_child(
-            "two_runtimes_name_the_stalled_one",
-            "two",
-            &[l.env(), ("WATCHDOG_USEC", W_USEC.to_string())],
-        )
-    });
+    let (out, d) = l.run_child(
+        "two_runtimes_name_the_stalled_one",
+        "two",
+        &[("WATCHDOG_USEC", W_USEC.to_string())],
+    );
     assert_child_ok(&out);
     let statuses: Vec<&str> = d.iter().filter_map(|g| g.status()).collect();
     assert!(
@@ -465,13 +454,11 @@ fn a_dropped_runtime_stops_the_pings() {
         return;
     }
     let l = NotifyListener::new();
-    let (out, d) = l.record(|| {
-        run_child(
-            "a_dropped_runtime_stops_the_pings",
-            "dropped",
-            &[l.env(), ("WATCHDOG_USEC", W_USEC.to_string())],
-        )
-    });
+    let (out, d) = l.run_child(
+        "a_dropped_runtime_stops_the_pings",
+        "dropped",
+        &[("WATCHDOG_USEC", W_USEC.to_string())],
+    );
     assert_child_ok(&out);
     let dropped = marker_at(&d, "drop");
     let done = marker_at(&d, "done");

@@ -226,13 +226,11 @@ fn two_monitors_only_one_talks_to_systemd() {
         return;
     }
     let l = NotifyListener::new();
-    let (out, d) = l.record(|| {
-        run_child(
-            "two_monitors_only_one_talks_to_systemd",
-            "two-monitors",
-            &[l.env(), ("WATCHDOG_USEC", "400000".into())],
-        )
-    });
+    let (out, d) = l.run_child(
+        "two_monitors_only_one_talks_to_systemd",
+        "two-monitors",
+        &[("WATCHDOG_USEC", "400000".into())],
+    );
     assert_child_ok(&out);
     let start = d.iter().find(|g| g.marker() == Some("start")).unwrap().at;
     let stop = d.iter().find(|g| g.marker() == Some("stop")).unwrap().at;
@@ -278,13 +276,11 @@ fn shutdown_during_a_stall_returns_promptly() {
         return;
     }
     let l = NotifyListener::new();
-    let (out, d) = l.record(|| {
-        run_child(
-            "shutdown_during_a_stall_returns_promptly",
-            "shutdown-stalled",
-            &[l.env(), ("WATCHDOG_USEC", "400000".into())],
-        )
-    });
+    let (out, d) = l.run_child(
+        "shutdown_during_a_stall_returns_promptly",
+        "shutdown-stalled",
+        &[("WATCHDOG_USEC", "400000".into())],
+    );
     assert_child_ok(&out);
     let at = d
         .iter()

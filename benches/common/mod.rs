@@ -630,3 +630,22 @@ pub fn heading(name: &str) {
         println!("(smoke run: pass --bench, as `cargo bench` does, for the full measurement)");
     }
 }
+
+/// The yield-heavy workload: `tasks` tasks each yielding `yields` times, as
+/// one future that ends when all are done and then signals `done`.
+pub async fn yield_storm(tasks: usize, yields: usize, done: std::sync::mpsc::Sender<()>) {
+    let hs: Vec<_> = (0..tasks)
+        .map(|_| {
+            tokio::spawn(async move {
+                for i in 0..yields {
+                    std::hint::black_box(i);
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.await.unwrap();
+    }
+    let _ = done.send(());
+}

@@ -269,3 +269,18 @@ pub fn current_thread() -> tokio::runtime::Runtime {
         .build()
         .expect("build a current_thread runtime")
 }
+
+impl NotifyListener {
+    /// Runs test `test` as a child playing `role` with this socket as its
+    /// `NOTIFY_SOCKET` (plus `envs`), recording what it sends meanwhile.
+    pub fn run_child(
+        &self,
+        test: &str,
+        role: &str,
+        envs: &[(&str, String)],
+    ) -> (Output, Vec<Datagram>) {
+        let mut all = vec![self.env()];
+        all.extend(envs.iter().cloned());
+        self.record(|| run_child(test, role, &all))
+    }
+}
