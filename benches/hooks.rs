@@ -81,10 +81,10 @@ impl Bed {
             #[cfg(tokio_unstable)]
             Variant::EmptyPollHooks => {
                 b.on_before_task_poll(|m| {
-                    black_box(m);
+                    std::hint::black_box(m);
                 });
                 b.on_after_task_poll(|m| {
-                    black_box(m);
+                    std::hint::black_box(m);
                 });
             }
             Variant::Loopwatch => {
