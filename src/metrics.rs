@@ -99,7 +99,6 @@ struct RuntimeChildren {
     /// Indexed like [`VERDICTS`].
     by_verdict: Vec<IntCounter>,
     /// Indexed by worker number.
-    #[allow(dead_code)] // Set by the worker-stuck detection (a later issue).
     worker_stuck: Vec<IntGauge>,
 }
 
@@ -574,7 +573,6 @@ impl Metrics {
     }
 
     /// Sets `loopwatch_worker_stuck` for one worker of one runtime.
-    #[allow(dead_code)] // Called by the worker-stuck detection (a later issue).
     pub(crate) fn set_worker_stuck(&self, runtime: usize, worker: usize, stuck: bool) {
         let Some(rt) = self.runtimes.get(runtime) else {
             return;
