@@ -250,15 +250,8 @@ impl Monitor {
             self.after_report(&outcome);
         }
         self.maybe_ping(now);
-        let deadline_left = match (
-            self.ping_every,
-            self.last_ping,
-            self.shared.settings.watchdog,
-        ) {
-            (Some(_), Some(last), Some(w)) => Some(us((last + micros(w)).saturating_sub(now))),
-            _ => None,
-        };
-        self.metrics.set_deadline_left(deadline_left);
+        self.metrics
+            .set_deadline_left(self.deadline().map(|d| us(d.saturating_sub(now))));
         self.publish(now);
     }
 
@@ -442,14 +435,7 @@ impl Monitor {
                 g.to.min(now).saturating_sub(from)
             })
             .sum();
-        let deadline = match (
-            self.ping_every,
-            self.last_ping,
-            self.shared.settings.watchdog,
-        ) {
-            (Some(_), Some(last), Some(wd)) => Some(last + micros(wd)),
-            _ => None,
-        };
+        let deadline = self.deadline();
         let ctx = StallContext {
             idx: slot,
             stuck_workers,
@@ -592,25 +578,30 @@ impl Monitor {
         }
     }
 
+    /// systemd's earliest possible deadline (µs clock): the last ping plus
+    /// WatchdogSec, while this monitor pings.
+    fn deadline(&self) -> Option<u64> {
+        self.ping_every?;
+        Some(self.last_ping? + micros(self.shared.settings.watchdog?))
+    }
+
     /// When the monitor next has something to do.
     fn next_wake(&self, now: u64) -> u64 {
         let mut next = now + self.interval;
-        for w in &self.loops {
+        for (i, w) in self.loops.iter().enumerate() {
             let at = match w.probe.read() {
                 ProbeReading::Answered { woken_at, .. } => woken_at + self.interval,
+                // Late: presample at T/2 (once), then check at T.
                 ProbeReading::Waiting { woken_at } if w.tracker.stall.is_none() => {
-                    woken_at + self.threshold + 1
+                    if self.diag.presampled(i, woken_at) {
+                        woken_at + self.threshold + 1
+                    } else {
+                        woken_at + self.threshold / 2
+                    }
                 }
                 _ => continue,
             };
             next = next.min(at);
-        }
-        for (i, w) in self.loops.iter().enumerate() {
-            if let ProbeReading::Waiting { woken_at } = w.probe.read() {
-                if w.tracker.stall.is_none() && !self.diag.presampled(i, woken_at) {
-                    next = next.min(woken_at + self.threshold / 2);
-                }
-            }
         }
         if let (Some(every), Some(last)) = (self.ping_every, self.last_ping) {
             next = next.min(last + every);

@@ -13,15 +13,20 @@ use loopwatch::Watchdog;
 
 const PROBE: Duration = Duration::from_millis(20);
 
+/// A watchdog on `rt` probing every 20 ms, with no report files.
+fn quiet(rt: &tokio::runtime::Runtime) -> loopwatch::Builder {
+    Watchdog::builder()
+        .probe_interval(PROBE)
+        .no_report_files()
+        .watch("main", rt.handle().clone())
+}
+
 /// Child side: a healthy loop for `healthy`, then a 400 ms stall, then a bit
 /// more; asserts the monitor lived through it and reports its counters.
 fn run_loop_with_stall(healthy: Duration) -> loopwatch::Status {
     let rt = common::current_thread();
-    let wd = Watchdog::builder()
-        .probe_interval(PROBE)
+    let wd = quiet(&rt)
         .stall_threshold(Duration::from_millis(100))
-        .no_report_files()
-        .watch("main", rt.handle().clone())
         .start()
         .expect("a bad notify socket must not stop start()");
     rt.block_on(async {
@@ -112,12 +117,7 @@ fn an_abstract_notify_socket_receives_pings() {
 fn pings_resume_when_the_socket_comes_back() {
     if role().as_deref() == Some("vanish") {
         let rt = common::current_thread();
-        let wd = Watchdog::builder()
-            .probe_interval(PROBE)
-            .no_report_files()
-            .watch("main", rt.handle().clone())
-            .start()
-            .unwrap();
+        let wd = quiet(&rt).start().unwrap();
         rt.block_on(async { tokio::time::sleep(Duration::from_millis(2500)).await });
         let st = wd.status();
         wd.shutdown();
@@ -194,18 +194,8 @@ fn a_deleted_report_directory_is_recreated() {
 fn two_monitors_only_one_talks_to_systemd() {
     if role().as_deref() == Some("two-monitors") {
         let rt = common::current_thread();
-        let a = Watchdog::builder()
-            .probe_interval(PROBE)
-            .no_report_files()
-            .watch("main", rt.handle().clone())
-            .start()
-            .unwrap();
-        let b = Watchdog::builder()
-            .probe_interval(PROBE)
-            .no_report_files()
-            .watch("main", rt.handle().clone())
-            .start()
-            .expect("a second monitor starts too");
+        let a = quiet(&rt).start().unwrap();
+        let b = quiet(&rt).start().expect("a second monitor starts too");
         assert!(a.status().pings_enabled);
         assert!(!b.status().pings_enabled, "only one monitor pings");
         rt.block_on(async {
@@ -251,11 +241,8 @@ fn two_monitors_only_one_talks_to_systemd() {
 fn shutdown_during_a_stall_returns_promptly() {
     if role().as_deref() == Some("shutdown-stalled") {
         let rt = common::current_thread();
-        let wd = Watchdog::builder()
-            .probe_interval(PROBE)
+        let wd = quiet(&rt)
             .stall_threshold(Duration::from_millis(100))
-            .no_report_files()
-            .watch("main", rt.handle().clone())
             .start()
             .unwrap();
         let stuck = std::thread::spawn(move || {

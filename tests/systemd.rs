@@ -714,6 +714,27 @@ fn active_only_after_ready() {
     });
 }
 
+/// The unit ended cleanly: inactive, Result=success, exit status 0 of the
+/// same main PID.
+fn assert_clean_exit(svc: &Service, end: &UnitState, pid: u32) {
+    svc.check(end.get("ActiveState") == "inactive", || {
+        format!("expected inactive: {}", end.summary())
+    });
+    svc.check(end.get("Result") == "success", || {
+        format!("expected Result=success: {}", end.summary())
+    });
+    svc.check(
+        end.num("ExecMainCode") == Some(CLD_EXITED) && end.num("ExecMainStatus") == Some(0),
+        || format!("expected exit status 0: {}", end.summary()),
+    );
+    svc.check(end.get("ExecMainPID") == pid.to_string(), || {
+        format!(
+            "systemd no longer reports main PID {pid}'s exit: {}",
+            end.summary()
+        )
+    });
+}
+
 /// Asserts the manager saw STOPPING=1 from the main process.
 fn assert_stopping_sent(svc: &Service, pid: u32) {
     let notes = svc.m.notifications(&svc.unit);
@@ -753,22 +774,7 @@ fn stop_is_clean() {
     svc.m.set_log_level("debug");
     svc.m.systemctl_ok(&["stop", &svc.unit]);
     let end = svc.show();
-    svc.check(end.get("ActiveState") == "inactive", || {
-        format!("expected inactive after stop: {}", end.summary())
-    });
-    svc.check(end.get("Result") == "success", || {
-        format!("expected Result=success: {}", end.summary())
-    });
-    svc.check(
-        end.num("ExecMainCode") == Some(CLD_EXITED) && end.num("ExecMainStatus") == Some(0),
-        || format!("expected exit status 0: {}", end.summary()),
-    );
-    svc.check(end.get("ExecMainPID") == pid.to_string(), || {
-        format!(
-            "systemd no longer reports main PID {pid}'s exit: {}",
-            end.summary()
-        )
-    });
+    assert_clean_exit(&svc, &end, pid);
     assert_stopping_sent(&svc, pid);
 }
 
@@ -793,22 +799,7 @@ fn exit_after_is_clean() {
     let end = svc.wait_for(Duration::from_secs(10), "the unit to stop", |s| {
         matches!(s.get("ActiveState"), "inactive" | "failed")
     });
-    svc.check(end.get("ActiveState") == "inactive", || {
-        format!("expected inactive: {}", end.summary())
-    });
-    svc.check(end.get("Result") == "success", || {
-        format!("expected Result=success: {}", end.summary())
-    });
-    svc.check(
-        end.num("ExecMainCode") == Some(CLD_EXITED) && end.num("ExecMainStatus") == Some(0),
-        || format!("expected exit status 0: {}", end.summary()),
-    );
-    svc.check(end.get("ExecMainPID") == pid.to_string(), || {
-        format!(
-            "systemd no longer reports main PID {pid}'s exit: {}",
-            end.summary()
-        )
-    });
+    assert_clean_exit(&svc, &end, pid);
     let lifetime = match (
         end.time("ExecMainStartTimestamp"),
         end.time("ExecMainExitTimestamp"),

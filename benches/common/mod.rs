@@ -230,9 +230,10 @@ pub fn cpu_time() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-/// Time on CPU (ns, from `/proc/self/task/<tid>/schedstat`) of this
-/// process's threads whose name starts with `prefix`, summed.
-pub fn threads_cpu_ns(prefix: &str) -> u64 {
+/// Field `field` of `/proc/self/task/<tid>/schedstat` (0: ns on CPU, 1: ns
+/// waiting on a run queue), summed over this process's threads whose name
+/// starts with `prefix`.
+fn threads_schedstat_ns(prefix: &str, field: usize) -> u64 {
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
         return 0;
     };
@@ -242,25 +243,19 @@ pub fn threads_cpu_ns(prefix: &str) -> u64 {
                 .is_ok_and(|c| c.trim_end().starts_with(prefix))
         })
         .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .filter_map(|s| s.split_whitespace().nth(field)?.parse::<u64>().ok())
         .sum()
 }
 
-/// Time spent waiting on a run queue (ns, runnable but not running; the
-/// second field of `/proc/self/task/<tid>/schedstat`) by this process's
-/// threads whose name starts with `prefix`, summed.
+/// Time on CPU (ns) of this process's threads whose name starts with `prefix`.
+pub fn threads_cpu_ns(prefix: &str) -> u64 {
+    threads_schedstat_ns(prefix, 0)
+}
+
+/// Time spent runnable but not running (ns) by this process's threads whose
+/// name starts with `prefix`.
 pub fn threads_wait_ns(prefix: &str) -> u64 {
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    dir.flatten()
-        .filter(|e| {
-            std::fs::read_to_string(e.path().join("comm"))
-                .is_ok_and(|c| c.trim_end().starts_with(prefix))
-        })
-        .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum()
+    threads_schedstat_ns(prefix, 1)
 }
 
 /// Threads in this process (`/proc/self/task`).
