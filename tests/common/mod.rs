@@ -256,8 +256,10 @@ pub fn demo_with_metrics(args: &[&str], envs: &[(&str, String)]) -> (KillOnDrop,
 /// is set: a stall whose end the test decides.
 #[inline(never)]
 pub fn block_until(flag: &std::sync::atomic::AtomicBool) {
+    // Long sleeps: the thread is almost always in nanosleep when captured,
+    // rarely runnable between two sleeps (which a loaded machine stretches).
     while !flag.load(std::sync::atomic::Ordering::Acquire) {
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
