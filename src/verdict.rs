@@ -138,21 +138,6 @@ pub(crate) fn is_runtime_frame(f: &Frame) -> bool {
     by_name || by_file
 }
 
-/// An application frame, and not an inherent method of a primitive type
-/// (`<u64>::unchecked_add`, inlined from core with no source path).
-fn is_app_frame(f: &Frame) -> bool {
-    if !f.is_application() {
-        return false;
-    }
-    match f.function.as_deref().and_then(|n| n.strip_prefix('<')) {
-        Some(rest) => {
-            let ty = rest.split([' ', '>']).next().unwrap_or("");
-            ty.contains("::")
-        }
-        None => true,
-    }
-}
-
 /// The innermost application frames of a stack, if the thread is in
 /// application code (an application frame inner to any tokio frame).
 pub(crate) fn application_frames(frames: &[Frame]) -> Vec<Frame> {
@@ -161,7 +146,7 @@ pub(crate) fn application_frames(frames: &[Frame]) -> Vec<Frame> {
         if is_runtime_frame(f) {
             break;
         }
-        if is_app_frame(f) {
+        if f.is_application() {
             out.push(f.clone());
             if out.len() == 8 {
                 break;

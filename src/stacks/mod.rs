@@ -373,6 +373,11 @@ fn is_application_impl(qualified: &str) -> bool {
     let ty = &self_ty[..end];
     let generic = !ty.contains("::");
     if generic {
+        // `<u64>::unchecked_add`: an inherent method of a type without a
+        // path is a primitive's, i.e. core's.
+        if self_ty[end..].starts_with('>') {
+            return false;
+        }
         let trait_path = self_ty[end..].trim_start_matches(" as ");
         if is_runtime_path(trait_path) {
             return false;
