@@ -1,10 +1,12 @@
-//! Configuration: the [`Builder`] and the validated settings it produces.
+//! Configuration: the [`Builder`] the application fills in.
 //!
-//! The builder collects what the application asks for; [`Builder::start`]
-//! reads systemd's environment, fills in defaults that depend on it (the
-//! stall threshold is a quarter of `WatchdogSec=` under systemd, one second
-//! without), checks every setting against the others and either returns a
-//! typed [`Error`] or starts the monitor thread.
+//! The builder collects what the application asks for — plain settings
+//! ([`Requested`](crate::settings::Requested)), the runtimes to watch, the
+//! callback and the registry — and [`Builder::start`] turns them into a
+//! running [`Watchdog`]: it reads systemd's environment, has
+//! [`settings`](crate::settings) validate everything and fill in defaults,
+//! and hands the result to [`Watchdog`]'s launcher. This module decides
+//! nothing itself and owns no running state.
 
 use std::fmt;
 use std::sync::Arc;
@@ -12,21 +14,13 @@ use std::time::Duration;
 
 use tokio::runtime::Handle;
 
-use crate::diagnostics::DiagnosticsConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::hooks::RuntimeHooks;
 use crate::notify::SystemdEnv;
-use crate::report_store::{ReportDirSetting, DEFAULT_KEEP_REPORTS};
-use crate::stacks::CaptureConfig;
-use crate::status::StallEvent;
-use crate::watchdog::Watchdog;
-
-/// The `on_stall` callback.
-pub(crate) type StallCallback = Box<dyn Fn(&StallEvent) + Send + 'static>;
-
-/// Default stall threshold when systemd gives no watchdog interval.
-pub const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_secs(1);
-/// Longest default probe interval.
-pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+use crate::report_store::ReportDirSetting;
+use crate::settings::{Requested, Settings};
+use crate::status::{StallCallback, StallEvent};
+use crate::watchdog::{Launch, Watchdog};
 
 /// Builds and starts a [`Watchdog`].
 ///
@@ -47,38 +41,24 @@ pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(100);
 /// ```
 #[must_use = "a Builder does nothing until start() is called"]
 pub struct Builder {
-    pub(crate) stall_threshold: Option<Duration>,
-    pub(crate) probe_interval: Option<Duration>,
+    pub(crate) requested: Requested,
     pub(crate) runtimes: Vec<(String, Handle)>,
     /// Per runtime (same order): the hooks installed on its Builder, if any.
-    pub(crate) hooks: Vec<Option<crate::hooks::RuntimeHooks>>,
-    pub(crate) worker_stuck_is_stall: bool,
+    pub(crate) hooks: Vec<Option<RuntimeHooks>>,
     pub(crate) on_stall: Option<StallCallback>,
-    pub(crate) report_dir: ReportDirSetting,
-    pub(crate) keep_reports: usize,
-    pub(crate) capture: Option<CaptureConfig>,
-    pub(crate) deadline_margin: Option<Duration>,
-    pub(crate) trigger_watchdog: bool,
     pub(crate) registry: Option<prometheus::Registry>,
-    pub(crate) metrics_addr: Option<String>,
 }
 
 impl fmt::Debug for Builder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
-            .field("stall_threshold", &self.stall_threshold)
-            .field("probe_interval", &self.probe_interval)
+            .field("requested", &self.requested)
             .field(
                 "runtimes",
                 &self.runtimes.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             )
             .field("on_stall", &self.on_stall.is_some())
-            .field("report_dir", &self.report_dir)
-            .field("keep_reports", &self.keep_reports)
-            .field("capture", &self.capture)
-            .field("deadline_margin", &self.deadline_margin)
-            .field("trigger_watchdog", &self.trigger_watchdog)
-            .field("metrics_addr", &self.metrics_addr)
+            .field("registry", &self.registry.is_some())
             .finish()
     }
 }
@@ -93,19 +73,11 @@ impl Builder {
     /// A builder with every default.
     pub fn new() -> Self {
         Builder {
-            stall_threshold: None,
-            probe_interval: None,
+            requested: Requested::default(),
             runtimes: Vec::new(),
             hooks: Vec::new(),
-            worker_stuck_is_stall: true,
             on_stall: None,
-            report_dir: ReportDirSetting::Default,
-            keep_reports: DEFAULT_KEEP_REPORTS,
-            capture: Some(CaptureConfig::default()),
-            deadline_margin: None,
-            trigger_watchdog: false,
             registry: None,
-            metrics_addr: None,
         }
     }
 
@@ -115,7 +87,7 @@ impl Builder {
     /// when it applies, else one second. It must be below the watchdog
     /// interval, or no report could be written before systemd's deadline.
     pub fn stall_threshold(mut self, threshold: Duration) -> Self {
-        self.stall_threshold = Some(threshold);
+        self.requested.stall_threshold = Some(threshold);
         self
     }
 
@@ -125,7 +97,7 @@ impl Builder {
     /// above zero and below the threshold. The probe costs one task wake per
     /// interval.
     pub fn probe_interval(mut self, interval: Duration) -> Self {
-        self.probe_interval = Some(interval);
+        self.requested.probe_interval = Some(interval);
         self
     }
 
@@ -157,7 +129,7 @@ impl Builder {
         mut self,
         name: impl Into<String>,
         handle: Handle,
-        hooks: &crate::hooks::RuntimeHooks,
+        hooks: &RuntimeHooks,
     ) -> Self {
         self.runtimes.push((name.into(), handle));
         self.hooks.push(Some(hooks.clone()));
@@ -169,7 +141,7 @@ impl Builder {
     /// When off, a stuck worker is still logged, counted in
     /// `loopwatch_worker_stuck` and named in reports.
     pub fn worker_stuck_is_stall(mut self, on: bool) -> Self {
-        self.worker_stuck_is_stall = on;
+        self.requested.worker_stuck_is_stall = on;
         self
     }
 
@@ -191,20 +163,20 @@ impl Builder {
     /// when systemd provides one (`StateDirectory=` in the unit), else no
     /// files: the compact report goes to stderr (the journal, under systemd).
     pub fn report_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
-        self.report_dir = ReportDirSetting::Dir(dir.into());
+        self.requested.report_dir = ReportDirSetting::Dir(dir.into());
         self
     }
 
     /// Writes no report files, whatever the environment says; compact
     /// reports still go to stderr.
     pub fn no_report_files(mut self) -> Self {
-        self.report_dir = ReportDirSetting::Disabled;
+        self.requested.report_dir = ReportDirSetting::Disabled;
         self
     }
 
     /// How many reports to keep in the report directory (default 20).
     pub fn keep_reports(mut self, n: usize) -> Self {
-        self.keep_reports = n;
+        self.requested.keep_reports = n;
         self
     }
 
@@ -212,7 +184,7 @@ impl Builder {
     /// `SIGRTMIN+3`). [`start`](Self::start) refuses a signal the
     /// application already handles.
     pub fn capture_signal(mut self, signal: i32) -> Self {
-        if let Some(c) = &mut self.capture {
+        if let Some(c) = &mut self.requested.capture {
             c.signal = signal;
         }
         self
@@ -221,7 +193,7 @@ impl Builder {
     /// How much of each thread's stack is copied (default 128 KiB; 16 KiB
     /// to 1 MiB).
     pub fn max_stack_bytes(mut self, bytes: usize) -> Self {
-        if let Some(c) = &mut self.capture {
+        if let Some(c) = &mut self.requested.capture {
             c.max_stack_bytes = bytes;
         }
         self
@@ -230,7 +202,7 @@ impl Builder {
     /// How long to wait for one thread to answer the capture signal before
     /// reporting it unresponsive (default 50 ms).
     pub fn capture_timeout(mut self, timeout: Duration) -> Self {
-        if let Some(c) = &mut self.capture {
+        if let Some(c) = &mut self.requested.capture {
             c.per_thread_timeout = timeout;
         }
         self
@@ -239,7 +211,7 @@ impl Builder {
     /// Turns stack capture off: reports then show `/proc` facts only and no
     /// signal handler is installed.
     pub fn no_stack_capture(mut self) -> Self {
-        self.capture = None;
+        self.requested.capture = None;
         self
     }
 
@@ -247,7 +219,7 @@ impl Builder {
     /// WatchdogSec) the final report must be on disk. Default: an eighth of
     /// WatchdogSec, at least 100 ms.
     pub fn deadline_margin(mut self, margin: Duration) -> Self {
-        self.deadline_margin = Some(margin);
+        self.requested.deadline_margin = Some(margin);
         self
     }
 
@@ -255,7 +227,7 @@ impl Builder {
     /// `WATCHDOG=trigger` so systemd acts at once instead of waiting for
     /// the deadline (off by default).
     pub fn trigger_watchdog_after_report(mut self, on: bool) -> Self {
-        self.trigger_watchdog = on;
+        self.requested.trigger_watchdog = on;
         self
     }
 
@@ -273,7 +245,7 @@ impl Builder {
     /// is healthy and 503 with a one-line reason while not: point a
     /// Kubernetes liveness probe at it.
     pub fn serve_metrics(mut self, addr: impl Into<String>) -> Self {
-        self.metrics_addr = Some(addr.into());
+        self.requested.metrics_addr = Some(addr.into());
         self
     }
 
@@ -286,110 +258,35 @@ impl Builder {
     /// interval, no runtime or a repeated runtime name, or a thread that
     /// could not be spawned.
     pub fn start(self) -> Result<Watchdog> {
-        let env = SystemdEnv::from_process()?;
-        let settings = Settings::resolve(&self, env)?;
-        Watchdog::start(self, settings)
+        let settings = self.resolve(SystemdEnv::from_process()?)?;
+        Watchdog::launch(Launch {
+            settings,
+            runtimes: self.runtimes,
+            hooks: self.hooks,
+            on_stall: self.on_stall,
+            registry: self.registry,
+        })
+    }
+
+    /// The settings this builder stands for under `env`, validated.
+    pub(crate) fn resolve(&self, env: SystemdEnv) -> Result<Arc<Settings>> {
+        let names: Vec<&str> = self.runtimes.iter().map(|(n, _)| n.as_str()).collect();
+        Settings::resolve(&self.requested, &names, env)
     }
 }
 
-/// Validated, resolved settings.
-#[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    pub threshold: Duration,
-    pub probe_interval: Duration,
-    pub env: SystemdEnv,
-    /// The watchdog interval that applies to this process.
-    pub watchdog: Option<Duration>,
-    pub pid: u32,
-    pub diagnostics: DiagnosticsConfig,
-    pub worker_stuck_is_stall: bool,
-}
-
-impl Settings {
-    pub(crate) fn resolve(b: &Builder, env: SystemdEnv) -> Result<Arc<Settings>> {
-        let pid = std::process::id();
-        let watchdog = env.watchdog_for(pid);
-        let threshold = match b.stall_threshold {
-            Some(t) => t,
-            None => watchdog.map_or(DEFAULT_STALL_THRESHOLD, |w| w / 4),
-        };
-        if threshold.is_zero() {
-            return Err(Error::ZeroDuration {
-                setting: "stall_threshold",
-            });
-        }
-        if let Some(w) = watchdog {
-            if threshold >= w {
-                return Err(Error::ThresholdNotBelowWatchdog {
-                    threshold,
-                    watchdog: w,
-                });
-            }
-        }
-        let probe_interval = b
-            .probe_interval
-            .unwrap_or_else(|| (threshold / 4).min(DEFAULT_PROBE_INTERVAL));
-        if probe_interval.is_zero() {
-            return Err(Error::ZeroDuration {
-                setting: "probe_interval",
-            });
-        }
-        if probe_interval >= threshold {
-            return Err(Error::ProbeIntervalNotBelowThreshold {
-                probe_interval,
-                threshold,
-            });
-        }
-        if b.runtimes.is_empty() {
-            return Err(Error::NoRuntime);
-        }
-        for (i, (name, _)) in b.runtimes.iter().enumerate() {
-            if b.runtimes[..i].iter().any(|(n, _)| n == name) {
-                return Err(Error::DuplicateRuntimeName { name: name.clone() });
-            }
-        }
-        if b.keep_reports == 0 {
-            return Err(Error::InvalidSetting {
-                setting: "keep_reports",
-                reason: "must keep at least one report".into(),
-            });
-        }
-        let deadline_margin = match (b.deadline_margin, watchdog) {
-            (Some(m), Some(w)) if m >= w - threshold => {
-                return Err(Error::InvalidSetting {
-                    setting: "deadline_margin",
-                    reason: format!(
-                        "{m:?} leaves no time between detection (threshold {threshold:?}) and \
-                         systemd's deadline (WatchdogSec {w:?})"
-                    ),
-                })
-            }
-            (Some(m), _) => m,
-            (None, Some(w)) => (w / 8).max(Duration::from_millis(100)),
-            (None, None) => Duration::from_millis(100),
-        };
-        let diagnostics = DiagnosticsConfig {
-            report_dir: b.report_dir.resolve(),
-            keep: b.keep_reports,
-            capture: b.capture.clone(),
-            deadline_margin,
-            trigger_watchdog: b.trigger_watchdog,
-        };
-        Ok(Arc::new(Settings {
-            threshold,
-            probe_interval,
-            env,
-            watchdog,
-            pid,
-            diagnostics,
-            worker_stuck_is_stall: b.worker_stuck_is_stall,
-        }))
+impl Watchdog {
+    /// A [`Builder`] with every default.
+    pub fn builder() -> Builder {
+        Builder::new()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
+    use crate::settings::DEFAULT_STALL_THRESHOLD;
 
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
@@ -409,12 +306,12 @@ mod tests {
     fn defaults_follow_the_watchdog_interval() {
         let r = rt();
         let b = Builder::new().watch("main", r.handle().clone());
-        let s = Settings::resolve(&b, wd_env(2_000_000)).unwrap();
+        let s = b.resolve(wd_env(2_000_000)).unwrap();
         assert_eq!(s.threshold, Duration::from_millis(500));
         assert_eq!(s.probe_interval, Duration::from_millis(100));
-        let s = Settings::resolve(&b, SystemdEnv::default()).unwrap();
+        let s = b.resolve(SystemdEnv::default()).unwrap();
         assert_eq!(s.threshold, DEFAULT_STALL_THRESHOLD);
-        let s = Settings::resolve(&b, wd_env(200_000)).unwrap();
+        let s = b.resolve(wd_env(200_000)).unwrap();
         assert_eq!(s.threshold, Duration::from_millis(50));
         assert_eq!(s.probe_interval, Duration::from_micros(12_500));
     }
@@ -423,22 +320,18 @@ mod tests {
     fn each_bad_setting_has_its_error() {
         let r = rt();
         let h = || r.handle().clone();
-        let e = Settings::resolve(
-            &Builder::new()
-                .watch("m", h())
-                .stall_threshold(Duration::from_secs(3)),
-            wd_env(3_000_000),
-        );
+        let e = Builder::new()
+            .watch("m", h())
+            .stall_threshold(Duration::from_secs(3))
+            .resolve(wd_env(3_000_000));
         assert!(
             matches!(e, Err(Error::ThresholdNotBelowWatchdog { .. })),
             "{e:?}"
         );
-        let e = Settings::resolve(
-            &Builder::new()
-                .watch("m", h())
-                .probe_interval(Duration::ZERO),
-            SystemdEnv::default(),
-        );
+        let e = (Builder::new()
+            .watch("m", h())
+            .probe_interval(Duration::ZERO))
+        .resolve(SystemdEnv::default());
         assert!(
             matches!(
                 e,
@@ -448,12 +341,10 @@ mod tests {
             ),
             "{e:?}"
         );
-        let e = Settings::resolve(
-            &Builder::new()
-                .watch("m", h())
-                .stall_threshold(Duration::ZERO),
-            SystemdEnv::default(),
-        );
+        let e = (Builder::new()
+            .watch("m", h())
+            .stall_threshold(Duration::ZERO))
+        .resolve(SystemdEnv::default());
         assert!(
             matches!(
                 e,
@@ -463,22 +354,17 @@ mod tests {
             ),
             "{e:?}"
         );
-        let e = Settings::resolve(
-            &Builder::new()
-                .watch("m", h())
-                .probe_interval(Duration::from_secs(2)),
-            SystemdEnv::default(),
-        );
+        let e = (Builder::new()
+            .watch("m", h())
+            .probe_interval(Duration::from_secs(2)))
+        .resolve(SystemdEnv::default());
         assert!(
             matches!(e, Err(Error::ProbeIntervalNotBelowThreshold { .. })),
             "{e:?}"
         );
-        let e = Settings::resolve(&Builder::new(), SystemdEnv::default());
+        let e = (Builder::new()).resolve(SystemdEnv::default());
         assert!(matches!(e, Err(Error::NoRuntime)), "{e:?}");
-        let e = Settings::resolve(
-            &Builder::new().watch("m", h()).watch("m", h()),
-            SystemdEnv::default(),
-        );
+        let e = (Builder::new().watch("m", h()).watch("m", h())).resolve(SystemdEnv::default());
         assert!(
             matches!(e, Err(Error::DuplicateRuntimeName { .. })),
             "{e:?}"

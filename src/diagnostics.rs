@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::builder::Settings;
 use crate::clock::{self, micros, us};
 use crate::health::StallTrack;
 use crate::metrics::Metrics;
@@ -35,27 +34,13 @@ use crate::report::{
     StallReport, Thresholds,
 };
 use crate::report_store::ReportStore;
-use crate::stacks::{Capture, CaptureConfig, CaptureOutcome, StackSampler, ThreadStack};
+use crate::settings::{DiagnosticsConfig, Settings};
+use crate::stacks::{Capture, CaptureOutcome, StackSampler, ThreadStack};
 use crate::status::human;
 use crate::verdict::{decide, Evidence};
 
 /// How far back the report's lag timeline reaches.
 const TIMELINE_SPAN: u64 = 30_000_000;
-
-/// What the diagnostics were configured with.
-#[derive(Debug, Clone)]
-pub(crate) struct DiagnosticsConfig {
-    /// Report directory, resolved.
-    pub report_dir: Option<PathBuf>,
-    /// Reports kept.
-    pub keep: usize,
-    /// Stack capture settings; `None` turns capture off.
-    pub capture: Option<CaptureConfig>,
-    /// How long before systemd's deadline the last report must be complete.
-    pub deadline_margin: Duration,
-    /// Send `WATCHDOG=trigger` after the report before the deadline.
-    pub trigger_watchdog: bool,
-}
 
 /// What the monitor must do after a diagnostics step.
 #[derive(Debug, Default, Clone, PartialEq)]

@@ -69,12 +69,13 @@ mod probe;
 mod procfs;
 mod report;
 mod report_store;
+mod settings;
 mod stacks;
 mod status;
 mod verdict;
 mod watchdog;
 
-pub use builder::{Builder, DEFAULT_PROBE_INTERVAL, DEFAULT_STALL_THRESHOLD};
+pub use builder::Builder;
 pub use error::{Error, Result};
 pub use procfs::{ProcessFacts, SyscallInfo, ThreadFacts};
 pub use report::{
@@ -82,6 +83,7 @@ pub use report::{
     ThreadGroup, Thresholds,
 };
 pub use report_store::DEFAULT_KEEP_REPORTS;
+pub use settings::{DEFAULT_PROBE_INTERVAL, DEFAULT_STALL_THRESHOLD};
 pub use stacks::{CaptureOutcome, Frame};
 pub use status::{LoopState, RuntimeStatus, StallEvent, Status};
 pub use verdict::{Culprit, Verdict, VerdictKind};

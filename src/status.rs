@@ -153,6 +153,9 @@ impl StallEvent {
     }
 }
 
+/// The `on_stall` callback, as stored.
+pub(crate) type StallCallback = Box<dyn Fn(&StallEvent) + Send + 'static>;
+
 /// Formats a duration the way loopwatch's messages do: `0.3 ms`, `2.1 s`.
 pub(crate) fn human(d: Duration) -> String {
     let us = d.as_micros();

@@ -16,17 +16,30 @@ use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
 
-use crate::builder::{Builder, Settings};
 use crate::diagnostics::Diagnostics;
 use crate::error::{Error, Result};
 use crate::exporter::{Exporter, ExporterLimits, Health, HealthFn};
+use crate::hooks::RuntimeHooks;
 use crate::metrics::Metrics;
 use crate::monitor::{initial_status, Monitor, Shared};
 use crate::notify::{Notifier, NotifyState};
-use crate::status::Status;
+use crate::settings::Settings;
+use crate::status::{StallCallback, Status};
 
 /// True while some watchdog in this process owns systemd's notify socket.
 static NOTIFY_OWNED: AtomicBool = AtomicBool::new(false);
+
+/// What [`Builder::start`](crate::Builder::start) hands over to start a
+/// watchdog: the validated settings and the parts that are not settings.
+pub(crate) struct Launch {
+    pub settings: Arc<Settings>,
+    pub runtimes: Vec<(String, tokio::runtime::Handle)>,
+    /// Per runtime (same order): its hooks, if it is watched with them.
+    pub hooks: Vec<Option<RuntimeHooks>>,
+    pub on_stall: Option<StallCallback>,
+    /// The application's registry, if it gave one.
+    pub registry: Option<prometheus::Registry>,
+}
 
 /// A running stall detector. See the [crate docs](crate) for a tour.
 ///
@@ -57,28 +70,28 @@ impl std::fmt::Debug for Watchdog {
 }
 
 impl Watchdog {
-    /// A [`Builder`] with every default.
-    pub fn builder() -> Builder {
-        Builder::new()
-    }
-
-    pub(crate) fn start(builder: Builder, settings: Arc<Settings>) -> Result<Watchdog> {
+    /// Starts the monitor (and the exporter, when asked for) with
+    /// validated settings.
+    pub(crate) fn launch(launch: Launch) -> Result<Watchdog> {
+        let Launch {
+            settings,
+            runtimes,
+            hooks,
+            on_stall,
+            registry,
+        } = launch;
         let mut diag = Diagnostics::new(
             settings.clone(),
             settings.diagnostics.clone(),
             // One diagnostics slot per runtime for probe stalls, one for worker stalls.
-            builder.runtimes.len() * 2,
+            runtimes.len() * 2,
         )?;
-        let registry = builder.registry.clone().unwrap_or_default();
-        let metrics = Arc::new(Metrics::new(
-            &registry,
-            &builder.runtimes,
-            settings.threshold,
-        )?);
+        let registry = registry.unwrap_or_default();
+        let metrics = Arc::new(Metrics::new(&registry, &runtimes, settings.threshold)?);
         diag.metrics = Some(metrics.clone());
         diag.registry = Some(registry.clone());
         let (notifier, owns_notify) = claim_notifier(&settings);
-        let names: Vec<String> = builder.runtimes.iter().map(|(n, _)| n.clone()).collect();
+        let names: Vec<String> = runtimes.iter().map(|(n, _)| n.clone()).collect();
         let shared = Arc::new(Shared {
             status: Mutex::new(initial_status(&settings, &names, notifier.is_some())),
             stop: AtomicBool::new(false),
@@ -86,7 +99,7 @@ impl Watchdog {
             settings: settings.clone(),
         });
         let report_dir = diag.report_dir().map(|p| p.display().to_string());
-        let exporter = match &builder.metrics_addr {
+        let exporter = match &settings.metrics_addr {
             Some(addr) => {
                 let status = shared.clone();
                 let health: HealthFn = Arc::new(move || {
@@ -111,14 +124,7 @@ impl Watchdog {
             }
             None => None,
         };
-        let monitor = Monitor::new(
-            shared.clone(),
-            builder.runtimes,
-            builder.hooks,
-            builder.on_stall,
-            diag,
-            metrics,
-        );
+        let monitor = Monitor::new(shared.clone(), runtimes, hooks, on_stall, diag, metrics);
         let thread = std::thread::Builder::new()
             .name("loopwatch-monitor".into())
             .spawn(move || monitor.run())
@@ -172,13 +178,13 @@ impl Watchdog {
     }
 
     /// The registry holding loopwatch's metrics (the one given to
-    /// [`Builder::registry`], or loopwatch's own).
+    /// [`Builder::registry`](crate::Builder::registry), or loopwatch's own).
     pub fn registry(&self) -> &prometheus::Registry {
         &self.registry
     }
 
     /// The address `/metrics` and `/healthz` are served on, when
-    /// [`Builder::serve_metrics`] was used (the bound port, if 0 was asked).
+    /// [`Builder::serve_metrics`](crate::Builder::serve_metrics) was used (the bound port, if 0 was asked).
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
         self.exporter.as_ref().map(Exporter::local_addr)
     }

@@ -1,0 +1,314 @@
+//! The monitor thread: probes, decides, pings.
+//!
+//! One OS thread per [`Watchdog`](crate::Watchdog), independent of every
+//! tokio runtime. On each tick it reads every probe (atomics only: it never
+//! waits on a runtime), feeds the readings to the per-runtime state machines,
+//! sends the next probe wakes, and forwards `WATCHDOG=1` to systemd every
+//! quarter of the watchdog interval while, and only while, every runtime is
+//! healthy. Transitions are said in the log, in `STATUS=` and to the
+//! application's `on_stall` callback.
+//!
+//! The thread sleeps until the next thing it has to do: the next probe, the
+//! moment an outstanding probe would cross the threshold, or the next ping.
+//! A wake-up much later than planned means the monitor itself was not
+//! scheduled (process stopped, VM frozen, CPU throttled); such gaps are
+//! remembered so that they are not blamed on the application.
+//!
+//! The work is split by what it is about:
+//!
+//! * this file: the thread's loop, one tick (probes, state machines,
+//!   worker detectors), when to wake next, and the monitor's own
+//!   scheduling gaps;
+//! * [`incidents`]: what happens when a runtime stalls or recovers, or a
+//!   worker gets stuck or moves again — log, metrics, diagnostics,
+//!   callback;
+//! * [`pings`]: systemd's `WATCHDOG=1`, `STATUS=` and `WATCHDOG=trigger`,
+//!   and systemd's earliest deadline;
+//! * [`snapshot`]: the `STATUS=` line and the [`Status`] the application
+//!   reads.
+//!
+//! It does not capture stacks or write reports (that is
+//! [`diagnostics`](crate::diagnostics)) and does not decide health by
+//! itself (that is [`health`](crate::health)).
+
+mod incidents;
+mod pings;
+mod snapshot;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use snapshot::initial_status;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::runtime::Handle;
+
+use crate::clock::{self, micros, us};
+use crate::diagnostics::Diagnostics;
+use crate::health::LoopTracker;
+use crate::hooks::{RuntimeHooks, WorkerWatch};
+use crate::metrics::Metrics;
+use crate::notify::{Notifier, NotifyState};
+use crate::probe::{self, ProbeReading, ProbeShared};
+use crate::settings::Settings;
+use crate::status::{human, StallCallback, Status};
+
+/// How many of its own scheduling gaps the monitor remembers.
+const GAPS_KEPT: usize = 32;
+
+/// State shared between the monitor thread and the [`Watchdog`](crate::Watchdog) handle.
+pub(crate) struct Shared {
+    pub settings: Arc<Settings>,
+    pub status: Mutex<Status>,
+    pub stop: AtomicBool,
+    /// Where notify messages go, when this watchdog talks to systemd.
+    pub notifier: Option<Notifier>,
+}
+
+impl Shared {
+    /// Sends `states` to systemd when this watchdog talks to it.
+    pub(crate) fn notify(&self, states: &[NotifyState<'_>]) -> std::io::Result<bool> {
+        match &self.notifier {
+            Some(n) => n.send(states).map(|()| true),
+            None => Ok(false),
+        }
+    }
+}
+
+/// One watched runtime.
+pub(crate) struct Watched {
+    pub name: String,
+    pub probe: Arc<ProbeShared>,
+    pub tracker: LoopTracker,
+    /// Kept for the runtime's metrics; never blocked on.
+    pub handle: Handle,
+    /// The per-worker detector, for runtimes watched with hooks.
+    pub workers: Option<WorkerWatch>,
+    /// The hooks, for the list of worker threads.
+    pub hooks: Option<RuntimeHooks>,
+    /// Since when some worker has been stuck (a worker stall in progress).
+    pub worker_stall: Option<u64>,
+}
+
+/// A stretch of time during which the monitor thread was not running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MonitorGap {
+    pub from: u64,
+    pub to: u64,
+}
+
+/// The monitor thread's state.
+pub(crate) struct Monitor {
+    shared: Arc<Shared>,
+    loops: Vec<Watched>,
+    on_stall: Option<StallCallback>,
+    diag: Diagnostics,
+    metrics: Arc<Metrics>,
+    /// Per runtime: when the last answered probe was answered (metrics dedupe).
+    last_answer: Vec<u64>,
+    threshold: u64,
+    interval: u64,
+    ping_every: Option<u64>,
+    last_ping: Option<u64>,
+    last_suppressed: Option<u64>,
+    gaps: VecDeque<MonitorGap>,
+    pings_sent: u64,
+    pings_suppressed: u64,
+    pings_failed: u64,
+    notify_failure_logged: bool,
+    callback_panics: u64,
+}
+
+impl Monitor {
+    /// Spawns a probe on every runtime and prepares the state.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        runtimes: Vec<(String, Handle)>,
+        hooks: Vec<Option<RuntimeHooks>>,
+        on_stall: Option<StallCallback>,
+        diag: Diagnostics,
+        metrics: Arc<Metrics>,
+    ) -> Monitor {
+        let s = shared.settings.clone();
+        let now = clock::now_us();
+        let threshold = micros(s.threshold);
+        let loops: Vec<Watched> = runtimes
+            .into_iter()
+            .zip(hooks.into_iter().chain(std::iter::repeat(None)))
+            .map(|((name, handle), hooks)| Watched {
+                probe: probe::spawn(&handle, now),
+                name,
+                tracker: LoopTracker::default(),
+                workers: hooks
+                    .clone()
+                    .map(|h| WorkerWatch::new(h, handle.clone(), threshold)),
+                hooks,
+                worker_stall: None,
+                handle,
+            })
+            .collect();
+        let pings = shared.notifier.is_some();
+        Monitor {
+            last_answer: vec![u64::MAX; loops.len()],
+            loops,
+            on_stall,
+            diag,
+            metrics,
+            threshold: micros(s.threshold),
+            interval: micros(s.probe_interval),
+            ping_every: s.watchdog.filter(|_| pings).map(|w| micros(w / 4)),
+            last_ping: None,
+            last_suppressed: None,
+            gaps: VecDeque::with_capacity(GAPS_KEPT),
+            pings_sent: 0,
+            pings_suppressed: 0,
+            pings_failed: 0,
+            notify_failure_logged: false,
+            callback_panics: 0,
+            shared,
+        }
+    }
+
+    /// The thread's body: tick until asked to stop.
+    pub(crate) fn run(mut self) {
+        self.diag.warm_up();
+        let mut planned = clock::now_us();
+        while !self.shared.stop.load(Ordering::Acquire) {
+            let now = clock::now_us();
+            let paused = self.note_gap(planned, now);
+            if let Some(gap) = paused.filter(|g| g.to - g.from > self.threshold) {
+                self.process_paused(gap);
+            }
+            self.tick(now);
+            // Plan from the time the work ended, so that a long tick (a
+            // capture, a report) is not later mistaken for a pause.
+            let now = clock::now_us();
+            planned = self.next_wake(now).max(now);
+            if planned > now {
+                std::thread::park_timeout(us(planned - now));
+            }
+        }
+        tracing::debug!("loopwatch monitor stopped");
+    }
+
+    /// Remembers a wake-up much later than planned: the monitor itself was
+    /// not running.
+    fn note_gap(&mut self, planned: u64, now: u64) -> Option<MonitorGap> {
+        let slack = (self.threshold / 2).max(20_000);
+        if now <= planned + slack {
+            return None;
+        }
+        if self.gaps.len() == GAPS_KEPT {
+            self.gaps.pop_front();
+        }
+        let gap = MonitorGap {
+            from: planned,
+            to: now,
+        };
+        self.gaps.push_back(gap);
+        tracing::warn!(
+            late = %human(us(now - planned)),
+            "loopwatch monitor thread was not scheduled on time (process stopped, VM paused or CPU throttled?)"
+        );
+        Some(gap)
+    }
+
+    /// The monitor was not scheduled for longer than the threshold: every
+    /// loop counts as stalled from outside until a fresh probe answers.
+    fn process_paused(&mut self, gap: MonitorGap) {
+        let mut started = Vec::new();
+        for (i, w) in self.loops.iter_mut().enumerate() {
+            if let Some(t) = w.tracker.paused(gap.from, gap.to) {
+                started.push((i, t));
+            }
+        }
+        for (i, t) in started {
+            self.on_transition(i, t, gap.to);
+        }
+    }
+
+    /// One pass: read probes, decide, ping, publish the status.
+    pub(crate) fn tick(&mut self, now: u64) {
+        let mut events = Vec::new();
+        for (i, w) in self.loops.iter_mut().enumerate() {
+            let reading = w.probe.read();
+            for t in w.tracker.observe(reading, now, self.threshold) {
+                events.push((i, t));
+            }
+            if let ProbeReading::Answered { answered_at, .. } = reading {
+                if self.last_answer[i] != answered_at {
+                    self.last_answer[i] = answered_at;
+                    self.metrics.observe_probe(i, us(w.tracker.lag));
+                }
+            }
+            self.metrics.set_lag(i, us(w.tracker.lag));
+            match reading {
+                ProbeReading::Answered { woken_at, .. } if now >= woken_at + self.interval => {
+                    w.probe.wake(now)
+                }
+                ProbeReading::Waiting { woken_at }
+                    if w.tracker.stall.is_none() && now >= woken_at + self.threshold / 2 =>
+                {
+                    self.diag.presample(i, woken_at, now)
+                }
+                _ => {}
+            }
+        }
+        for (i, t) in events {
+            self.on_transition(i, t, now);
+        }
+        let mut worker_events = Vec::new();
+        for (i, w) in self.loops.iter_mut().enumerate() {
+            if let Some(ww) = &mut w.workers {
+                worker_events.extend(ww.sample(now).into_iter().map(|t| (i, t)));
+            }
+        }
+        for (i, t) in worker_events {
+            self.on_worker_transition(i, t, now);
+        }
+        for outcome in self.diag.tick(now) {
+            self.after_report(&outcome);
+        }
+        self.maybe_ping(now);
+        self.metrics
+            .set_deadline_left(self.deadline().map(|d| us(d.saturating_sub(now))));
+        self.publish(now);
+    }
+
+    fn all_healthy(&self) -> bool {
+        let counts = self.shared.settings.worker_stuck_is_stall;
+        self.loops
+            .iter()
+            .all(|w| w.tracker.state.is_healthy() && !(counts && w.worker_stall.is_some()))
+    }
+
+    /// When the monitor next has something to do.
+    fn next_wake(&self, now: u64) -> u64 {
+        let mut next = now + self.interval;
+        for (i, w) in self.loops.iter().enumerate() {
+            let at = match w.probe.read() {
+                ProbeReading::Answered { woken_at, .. } => woken_at + self.interval,
+                // Late: presample at T/2 (once), then check at T.
+                ProbeReading::Waiting { woken_at } if w.tracker.stall.is_none() => {
+                    if self.diag.presampled(i, woken_at) {
+                        woken_at + self.threshold + 1
+                    } else {
+                        woken_at + self.threshold / 2
+                    }
+                }
+                _ => continue,
+            };
+            next = next.min(at);
+        }
+        if let (Some(every), Some(last)) = (self.ping_every, self.last_ping) {
+            next = next.min(last + every);
+        }
+        if let Some(due) = self.diag.next_due() {
+            next = next.min(due);
+        }
+        next.max(now + 100)
+    }
+}

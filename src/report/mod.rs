@@ -1,0 +1,210 @@
+//! The stall report: what the on-call engineer reads.
+//!
+//! A [`StallReport`] is plain data (serde) assembled by the diagnostics on
+//! the monitor thread: when and how long, the thresholds, the verdict with
+//! its evidence, the culprit, the lag timeline before the stall, every
+//! thread grouped by identical stack (frames that did not move between the
+//! two captures marked as stuck), the runtime and Prometheus metrics, and
+//! facts about the process. It renders as JSON for tools and as text for
+//! humans (short lines, readable in `journalctl`).
+//!
+//! This file owns the report's data model. [`threads`] groups threads by
+//! identical stack and marks the frames that did not move; [`text`]
+//! renders the human-readable forms. Deciding the verdict is
+//! [`verdict`](crate::verdict)'s job, writing files
+//! [`report_store`](crate::report_store)'s.
+
+mod text;
+mod threads;
+
+pub(crate) use threads::group_threads;
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::procfs::ProcessFacts;
+use crate::stacks::{CaptureOutcome, Frame};
+use crate::verdict::{Culprit, Verdict};
+
+/// A complete account of one stall.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct StallReport {
+    /// Unique id: UTC time of detection, runtime, pid and a sequence number.
+    pub id: String,
+    /// The loopwatch version that wrote it.
+    pub loopwatch_version: &'static str,
+    /// The stalled runtime's name.
+    pub runtime: String,
+    /// True once the loop answered again.
+    pub recovered: bool,
+    /// How long the loop did not answer, once it recovered (seconds).
+    pub duration_seconds: Option<f64>,
+    /// How long the stall had lasted when this version of the report was written (seconds).
+    pub stalled_for_seconds: f64,
+    /// The probe lag when the stall was declared (seconds).
+    pub lag_at_detection_seconds: f64,
+    /// Timestamps (RFC 3339, UTC).
+    pub times: ReportTimes,
+    /// The settings that applied.
+    pub thresholds: Thresholds,
+    /// What kind of stall, and why loopwatch thinks so.
+    pub verdict: Verdict,
+    /// The application code that blocked the loop, when found.
+    pub culprit: Option<Culprit>,
+    /// Workers stuck in a poll (runtimes watched with hooks): which worker,
+    /// its thread, for how long, and (with `--cfg tokio_unstable`) the task
+    /// and where it was spawned.
+    pub stuck_workers: Vec<crate::hooks::StuckWorker>,
+    /// Probe lag over the seconds before the stall, oldest first.
+    pub timeline: Vec<LagSample>,
+    /// The stack captures taken.
+    pub captures: Vec<CaptureInfo>,
+    /// Every thread, grouped by identical stack; loop threads first.
+    pub threads: Vec<ThreadGroup>,
+    /// The tokio runtime's own metrics at detection.
+    pub runtime_metrics: Option<RuntimeMetricsSnapshot>,
+    /// loopwatch's Prometheus metrics at the time of writing (text format).
+    pub metrics: String,
+    /// Facts about the process.
+    pub process: ProcessFacts,
+    /// Notes about the report itself (a failed capture, a skipped step).
+    pub notes: Vec<String>,
+}
+
+/// When things happened.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReportTimes {
+    /// When the unanswered probe was sent: the loop was stuck from then at the latest.
+    pub stall_start: String,
+    /// When the monitor declared the stall.
+    pub detected: String,
+    /// systemd's earliest possible watchdog deadline (last ping + WatchdogSec), if any.
+    pub deadline: Option<String>,
+    /// When the loop answered again.
+    pub end: Option<String>,
+    /// When this version of the report was written.
+    pub written: String,
+}
+
+/// The thresholds in force.
+#[derive(Debug, Clone, Serialize)]
+pub struct Thresholds {
+    /// Stall threshold (seconds).
+    pub stall_threshold_seconds: f64,
+    /// Probe interval (seconds).
+    pub probe_interval_seconds: f64,
+    /// systemd's watchdog interval, if any (seconds).
+    pub watchdog_seconds: Option<f64>,
+    /// How long before the deadline the report must be complete (seconds).
+    pub deadline_margin_seconds: f64,
+}
+
+/// One answered probe.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LagSample {
+    /// When the probe was answered, relative to the stall start (negative: before).
+    pub at_seconds: f64,
+    /// Its lag (seconds).
+    pub lag_seconds: f64,
+}
+
+/// One stack capture.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaptureInfo {
+    /// Why it was taken: `detection`, `before-deadline`, `still-stalled`.
+    pub reason: String,
+    /// When (RFC 3339).
+    pub at: String,
+    /// Threads in the process.
+    pub threads: usize,
+    /// Threads that did not answer the signal.
+    pub unresponsive: usize,
+    /// Time spent signalling and copying stacks (seconds).
+    pub signal_seconds: f64,
+    /// Time spent unwinding and symbolizing (seconds).
+    pub unwind_symbolize_seconds: f64,
+}
+
+/// Threads with the same stack.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThreadGroup {
+    /// How many threads.
+    pub count: usize,
+    /// Their ids.
+    pub tids: Vec<i32>,
+    /// Their names (distinct).
+    pub names: Vec<String>,
+    /// True when one of them runs the watched event loop.
+    pub loop_thread: bool,
+    /// Capture outcome.
+    pub outcome: CaptureOutcome,
+    /// Kernel state letter and name, e.g. `S (sleeping)`.
+    pub state: Option<String>,
+    /// Current system call, if any.
+    pub syscall: Option<String>,
+    /// Kernel wait channel, if any.
+    pub wchan: Option<String>,
+    /// CPU time used by the group between the two samples (seconds).
+    pub cpu_seconds: Option<f64>,
+    /// The stack, innermost first.
+    pub frames: Vec<ReportFrame>,
+}
+
+/// A frame in a report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportFrame {
+    /// The frame.
+    #[serde(flatten)]
+    pub frame: Frame,
+    /// True when the frame is the same in both captures.
+    pub stuck: bool,
+}
+
+/// The tokio runtime's stable metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuntimeMetricsSnapshot {
+    /// Worker threads.
+    pub workers: usize,
+    /// Tasks alive.
+    pub alive_tasks: usize,
+    /// Tasks in the global (injection) queue.
+    pub global_queue_depth: usize,
+    /// Per worker: total busy time (seconds), park count and park/unpark count.
+    pub worker_busy_seconds: Vec<f64>,
+    /// Per worker: times parked.
+    pub worker_park_count: Vec<u64>,
+    /// Per worker: park+unpark transitions (odd = awake).
+    pub worker_park_unpark_count: Vec<u64>,
+}
+
+impl RuntimeMetricsSnapshot {
+    /// Reads a runtime's metrics (atomics only; never blocks on the runtime).
+    pub(crate) fn read(handle: &tokio::runtime::Handle) -> Self {
+        let m = handle.metrics();
+        let n = m.num_workers();
+        RuntimeMetricsSnapshot {
+            workers: n,
+            alive_tasks: m.num_alive_tasks(),
+            global_queue_depth: m.global_queue_depth(),
+            worker_busy_seconds: (0..n)
+                .map(|w| m.worker_total_busy_duration(w).as_secs_f64())
+                .collect(),
+            worker_park_count: (0..n).map(|w| m.worker_park_count(w)).collect(),
+            worker_park_unpark_count: (0..n).map(|w| m.worker_park_unpark_count(w)).collect(),
+        }
+    }
+}
+
+/// RFC 3339 UTC, milliseconds.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl StallReport {
+    /// The report as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}

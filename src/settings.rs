@@ -1,0 +1,185 @@
+//! Settings: what the application asked for, and what is in force.
+//!
+//! This module owns the two shapes of loopwatch's configuration:
+//!
+//! * [`Requested`] — the plain values the [`Builder`](crate::Builder)
+//!   collects, exactly as the application gave them (unset values are
+//!   `None`);
+//! * [`Settings`] — the validated values in force, produced by
+//!   [`Settings::resolve`] from a [`Requested`], the watched runtimes'
+//!   names and systemd's environment. Defaults that depend on systemd are
+//!   filled in here: the stall threshold is a quarter of `WatchdogSec=`
+//!   under systemd and one second without.
+//!
+//! The builder, the monitor and the diagnostics all read [`Settings`]; this
+//! module depends on none of them. It does not read the environment itself
+//! (that is [`notify::SystemdEnv`](crate::notify::SystemdEnv)'s job) and
+//! does not start anything.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::notify::SystemdEnv;
+use crate::report_store::{ReportDirSetting, DEFAULT_KEEP_REPORTS};
+use crate::stacks::CaptureConfig;
+
+/// Default stall threshold when systemd gives no watchdog interval.
+pub const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_secs(1);
+/// Longest default probe interval.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The settings as the application gave them to the builder.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Requested {
+    pub stall_threshold: Option<Duration>,
+    pub probe_interval: Option<Duration>,
+    pub worker_stuck_is_stall: bool,
+    pub report_dir: ReportDirSetting,
+    pub keep_reports: usize,
+    /// Stack capture settings; `None` turns capture off.
+    pub capture: Option<CaptureConfig>,
+    pub deadline_margin: Option<Duration>,
+    pub trigger_watchdog: bool,
+    /// Where to serve `/metrics` and `/healthz`, if anywhere.
+    pub metrics_addr: Option<String>,
+}
+
+impl Default for Requested {
+    fn default() -> Self {
+        Requested {
+            stall_threshold: None,
+            probe_interval: None,
+            worker_stuck_is_stall: true,
+            report_dir: ReportDirSetting::Default,
+            keep_reports: DEFAULT_KEEP_REPORTS,
+            capture: Some(CaptureConfig::default()),
+            deadline_margin: None,
+            trigger_watchdog: false,
+            metrics_addr: None,
+        }
+    }
+}
+
+/// What the diagnostics were configured with.
+#[derive(Debug, Clone)]
+pub(crate) struct DiagnosticsConfig {
+    /// Report directory, resolved.
+    pub report_dir: Option<PathBuf>,
+    /// Reports kept.
+    pub keep: usize,
+    /// Stack capture settings; `None` turns capture off.
+    pub capture: Option<CaptureConfig>,
+    /// How long before systemd's deadline the last report must be complete.
+    pub deadline_margin: Duration,
+    /// Send `WATCHDOG=trigger` after the report before the deadline.
+    pub trigger_watchdog: bool,
+}
+
+/// Validated, resolved settings.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub threshold: Duration,
+    pub probe_interval: Duration,
+    pub env: SystemdEnv,
+    /// The watchdog interval that applies to this process.
+    pub watchdog: Option<Duration>,
+    pub pid: u32,
+    pub diagnostics: DiagnosticsConfig,
+    pub worker_stuck_is_stall: bool,
+    /// Where to serve `/metrics` and `/healthz`, if anywhere.
+    pub metrics_addr: Option<String>,
+}
+
+impl Settings {
+    /// Checks `requested` (for runtimes called `runtimes`) against `env`
+    /// and fills in every default.
+    pub(crate) fn resolve(
+        requested: &Requested,
+        runtimes: &[&str],
+        env: SystemdEnv,
+    ) -> Result<Arc<Settings>> {
+        let r = requested;
+        let pid = std::process::id();
+        let watchdog = env.watchdog_for(pid);
+        let threshold = match r.stall_threshold {
+            Some(t) => t,
+            None => watchdog.map_or(DEFAULT_STALL_THRESHOLD, |w| w / 4),
+        };
+        if threshold.is_zero() {
+            return Err(Error::ZeroDuration {
+                setting: "stall_threshold",
+            });
+        }
+        if let Some(w) = watchdog {
+            if threshold >= w {
+                return Err(Error::ThresholdNotBelowWatchdog {
+                    threshold,
+                    watchdog: w,
+                });
+            }
+        }
+        let probe_interval = r
+            .probe_interval
+            .unwrap_or_else(|| (threshold / 4).min(DEFAULT_PROBE_INTERVAL));
+        if probe_interval.is_zero() {
+            return Err(Error::ZeroDuration {
+                setting: "probe_interval",
+            });
+        }
+        if probe_interval >= threshold {
+            return Err(Error::ProbeIntervalNotBelowThreshold {
+                probe_interval,
+                threshold,
+            });
+        }
+        if runtimes.is_empty() {
+            return Err(Error::NoRuntime);
+        }
+        for (i, name) in runtimes.iter().enumerate() {
+            if runtimes[..i].contains(name) {
+                return Err(Error::DuplicateRuntimeName {
+                    name: name.to_string(),
+                });
+            }
+        }
+        if r.keep_reports == 0 {
+            return Err(Error::InvalidSetting {
+                setting: "keep_reports",
+                reason: "must keep at least one report".into(),
+            });
+        }
+        let deadline_margin = match (r.deadline_margin, watchdog) {
+            (Some(m), Some(w)) if m >= w - threshold => {
+                return Err(Error::InvalidSetting {
+                    setting: "deadline_margin",
+                    reason: format!(
+                        "{m:?} leaves no time between detection (threshold {threshold:?}) and \
+                         systemd's deadline (WatchdogSec {w:?})"
+                    ),
+                })
+            }
+            (Some(m), _) => m,
+            (None, Some(w)) => (w / 8).max(Duration::from_millis(100)),
+            (None, None) => Duration::from_millis(100),
+        };
+        let diagnostics = DiagnosticsConfig {
+            report_dir: r.report_dir.resolve(),
+            keep: r.keep_reports,
+            capture: r.capture.clone(),
+            deadline_margin,
+            trigger_watchdog: r.trigger_watchdog,
+        };
+        Ok(Arc::new(Settings {
+            threshold,
+            probe_interval,
+            env,
+            watchdog,
+            pid,
+            diagnostics,
+            worker_stuck_is_stall: r.worker_stuck_is_stall,
+            metrics_addr: r.metrics_addr.clone(),
+        }))
+    }
+}
