@@ -1,0 +1,183 @@
+//! The HTTP exporter: `/metrics` and `/healthz` from a thread of its own.
+//!
+//! This module owns the `loopwatch-exporter` OS thread and its private tokio
+//! `current_thread` runtime: [`Exporter`] starts them, and stopping or
+//! dropping it closes the socket, drops open connections and joins the
+//! thread. The exporter never touches a watched runtime, so both endpoints
+//! answer while the application's event loop is stuck: a Prometheus scrape
+//! still sees `loopwatch_stalled 1`, and a Kubernetes liveness probe on
+//! `/healthz` gets its 503, which is the liveness-probe analogue of a
+//! suppressed `WATCHDOG=1`.
+//!
+//! The parts, each depending only on the ones before it:
+//!
+//! * [`routes`]: what a request gets back (`/metrics`, `/healthz`, 404,
+//!   405), and what `/healthz` asks ([`Health`], [`HealthFn`]);
+//! * [`connections`]: the listening socket, the accept loop and the limits
+//!   that keep a misbehaving client from wedging the exporter
+//!   ([`ExporterLimits`]: connection cap, head size, timeouts).
+//!
+//! It does not define or update metrics (that is [`crate::metrics`]) nor
+//! decide health (the closure given to [`Exporter::start`] does).
+
+mod connections;
+mod routes;
+
+pub(crate) use connections::ExporterLimits;
+pub(crate) use routes::{Health, HealthFn};
+
+use std::io;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use prometheus::Registry;
+use tokio::sync::oneshot;
+
+use connections::{accept_loop, bind};
+use routes::State;
+
+use crate::error::Error;
+
+/// A running exporter. Dropping it (or [`shutdown`](Exporter::shutdown))
+/// stops the thread and closes the socket.
+pub(crate) struct Exporter {
+    local_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exporter")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Exporter {
+    /// Binds `addr` (`"127.0.0.1:9184"`, `"[::1]:9184"`, `"localhost:9184"`;
+    /// port 0 picks a free port) and serves `/metrics` from `registry` and
+    /// `/healthz` from `health` on a new `loopwatch-exporter` thread.
+    ///
+    /// Returns once the socket listens. An address that does not resolve or
+    /// cannot be bound is [`Error::ExporterBind`]; a thread or runtime that
+    /// cannot be created is [`Error::SpawnThread`]; a zero timeout or
+    /// connection limit is [`Error::InvalidSetting`]. May be called from
+    /// inside a tokio runtime, and the exporter dropped there too.
+    pub(crate) fn start(
+        addr: &str,
+        registry: Registry,
+        health: HealthFn,
+        limits: ExporterLimits,
+    ) -> Result<Exporter, Error> {
+        if limits.timeout.is_zero() || limits.max_connections == 0 {
+            return Err(Error::InvalidSetting {
+                setting: "serve_metrics",
+                reason: format!(
+                    "the exporter needs a positive timeout and at least one connection, got {limits:?}"
+                ),
+            });
+        }
+        let bind_err = |source| Error::ExporterBind {
+            addr: addr.to_string(),
+            source,
+        };
+        let listener = bind(addr).map_err(bind_err)?;
+        let local_addr = listener.local_addr().map_err(bind_err)?;
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        let state = Arc::new(State { registry, health });
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("loopwatch-exporter".into())
+            .spawn(move || run(listener, state, limits, stop_rx, ready_tx))
+            .map_err(|source| Error::SpawnThread {
+                thread: "loopwatch-exporter",
+                source,
+            })?;
+        let ready = ready_rx.recv().unwrap_or_else(|_| {
+            Err(io::Error::other(
+                "the exporter thread ended before it started",
+            ))
+        });
+        if let Err(source) = ready {
+            let _ = thread.join();
+            return Err(Error::SpawnThread {
+                thread: "loopwatch-exporter",
+                source,
+            });
+        }
+        tracing::info!(addr = %local_addr, "loopwatch exporter serving /metrics and /healthz");
+        Ok(Exporter {
+            local_addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops serving: closes the socket, drops open connections and joins
+    /// the thread.
+    pub(crate) fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("loopwatch exporter thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The exporter thread's body.
+fn run(
+    listener: StdListener,
+    state: Arc<State>,
+    limits: ExporterLimits,
+    stop: oneshot::Receiver<()>,
+    ready: std::sync::mpsc::Sender<io::Result<()>>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        accept_loop(listener, state, limits, stop).await;
+    });
+    // Dropping the runtime drops every connection still open.
+    tracing::debug!("loopwatch exporter stopped");
+}
+
+#[cfg(test)]
+mod tests;
