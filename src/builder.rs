@@ -370,4 +370,52 @@ mod tests {
             "{e:?}"
         );
     }
+
+    #[test]
+    fn thresholds_below_the_floor_or_absurdly_long_are_refused() {
+        let r = rt();
+        let b = |t: Duration| {
+            Builder::new()
+                .watch("m", r.handle().clone())
+                .stall_threshold(t)
+        };
+        let e = b(Duration::from_millis(5)).resolve(SystemdEnv::default());
+        assert!(
+            matches!(
+                e,
+                Err(Error::DurationTooShort {
+                    setting: "stall_threshold",
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+        assert!(b(crate::settings::MIN_STALL_THRESHOLD)
+            .resolve(SystemdEnv::default())
+            .is_ok());
+        let e = b(Duration::MAX).resolve(SystemdEnv::default());
+        assert!(
+            matches!(
+                e,
+                Err(Error::InvalidSetting {
+                    setting: "stall_threshold",
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+        let e = b(Duration::from_secs(1))
+            .deadline_margin(Duration::MAX)
+            .resolve(SystemdEnv::default());
+        assert!(
+            matches!(
+                e,
+                Err(Error::InvalidSetting {
+                    setting: "deadline_margin",
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+    }
 }

@@ -242,9 +242,7 @@ impl Diagnostics {
         self.seq += 1;
         let id = format!(
             "{}-{}-{}-{:04}",
-            humantime::format_rfc3339_seconds(SystemTime::now())
-                .to_string()
-                .replace([':', '-'], ""),
+            compact_utc(SystemTime::now()),
             sanitize(ctx.runtime),
             std::process::id(),
             self.seq
@@ -481,12 +479,20 @@ impl Diagnostics {
 /// The wall-clock time of a monotonic clock reading.
 fn wall(at: u64) -> String {
     let now = clock::now_us();
+    let wall_now = SystemTime::now();
     let t = if at <= now {
-        SystemTime::now() - us(now - at)
+        wall_now.checked_sub(us(now - at))
     } else {
-        SystemTime::now() + us(at - now)
+        wall_now.checked_add(us(at - now))
     };
-    rfc3339(t)
+    rfc3339(t.unwrap_or(wall_now))
+}
+
+/// `20261124T215722Z`: a UTC time to the second, for report ids.
+fn compact_utc(t: SystemTime) -> String {
+    let full = rfc3339(t);
+    let seconds = full.split('.').next().unwrap_or_default();
+    format!("{}Z", seconds.replace([':', '-'], ""))
 }
 
 fn sanitize(name: &str) -> String {

@@ -20,6 +20,24 @@ pub enum Error {
         /// The value found in the environment.
         value: String,
     },
+    /// `WATCHDOG_USEC` is a number, but too small to leave time for a report.
+    #[error(
+        "WATCHDOG_USEC={value} is below loopwatch's floor of {min:?}: a stall report could not \
+         be written before systemd's deadline (set WatchdogSec= to at least that)"
+    )]
+    WatchdogTooShort {
+        /// The value found in the environment, µs.
+        value: u64,
+        /// The smallest accepted watchdog interval.
+        min: Duration,
+    },
+    /// `NOTIFY_SOCKET` is set but is neither an absolute path nor an
+    /// abstract socket name (`@name`).
+    #[error("NOTIFY_SOCKET={value:?} is neither an absolute path nor an abstract @name")]
+    InvalidNotifySocket {
+        /// The value found in the environment.
+        value: String,
+    },
     /// `WATCHDOG_PID` is set but is not a process id.
     #[error("WATCHDOG_PID={value:?} is not a process id")]
     InvalidWatchdogPid {
@@ -42,6 +60,16 @@ pub enum Error {
     ZeroDuration {
         /// The builder method whose value was zero.
         setting: &'static str,
+    },
+    /// A duration setting is below the smallest value loopwatch accepts.
+    #[error("{setting} {value:?} is below the floor of {min:?}")]
+    DurationTooShort {
+        /// The builder method concerned.
+        setting: &'static str,
+        /// The value given.
+        value: Duration,
+        /// The smallest accepted value.
+        min: Duration,
     },
     /// The probe would not run often enough to see a stall of the threshold.
     #[error("probe interval {probe_interval:?} must be below the stall threshold {threshold:?}")]

@@ -83,7 +83,9 @@ pub use report::{
     ThreadGroup, Thresholds,
 };
 pub use report_store::DEFAULT_KEEP_REPORTS;
-pub use settings::{DEFAULT_PROBE_INTERVAL, DEFAULT_STALL_THRESHOLD};
+pub use settings::{
+    DEFAULT_PROBE_INTERVAL, DEFAULT_STALL_THRESHOLD, MAX_DURATION_SETTING, MIN_STALL_THRESHOLD,
+};
 pub use stacks::{CaptureOutcome, Frame};
 pub use status::{LoopState, RuntimeStatus, StallEvent, Status};
 pub use verdict::{Culprit, Verdict, VerdictKind};

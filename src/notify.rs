@@ -1,11 +1,18 @@
 //! systemd's notify protocol: where to send, whether to ping, and the sending.
 //!
 //! The environment systemd gives a `Type=notify` service is read once, at
-//! start, into a [`SystemdEnv`]: the socket (`NOTIFY_SOCKET`, a path or an
-//! abstract `@name`), the watchdog interval (`WATCHDOG_USEC`) and the process
-//! the watchdog is meant for (`WATCHDOG_PID`). Bad values are a typed error at
-//! start, never a panic. A process whose pid is not `WATCHDOG_PID` (a child
-//! that inherited the environment) sends nothing at all.
+//! start, into a [`SystemdEnv`]: the socket (`NOTIFY_SOCKET`, an absolute
+//! path or an abstract `@name`), the watchdog interval (`WATCHDOG_USEC`) and
+//! the process the watchdog is meant for (`WATCHDOG_PID`). Bad values are a
+//! typed error at start, never a panic: a socket that is neither an absolute
+//! path nor `@name`, a `WATCHDOG_USEC` that is not a positive number or is
+//! below [`MIN_WATCHDOG`]. A `WATCHDOG_USEC` above [`MAX_WATCHDOG`]
+//! (including systemd's "infinity", `u64::MAX`) is clamped to it with one
+//! warning: pinging more often than systemd needs is harmless, and every
+//! time computation downstream stays far from overflow. A process whose pid
+//! is not `WATCHDOG_PID` (a child that inherited the environment) sends
+//! nothing at all, and neither does a forked child of the process that
+//! started loopwatch when systemd gave no `WATCHDOG_PID`.
 //!
 //! Messages are formatted with the `sd-notify` crate's [`NotifyState`] and
 //! sent from one unbound datagram socket kept for the life of the monitor.
@@ -21,6 +28,17 @@ use std::time::Duration;
 pub use sd_notify::NotifyState;
 
 use crate::error::{Error, Result};
+
+/// The shortest `WATCHDOG_USEC` accepted: 100 ms. The default stall
+/// threshold is a quarter of it (25 ms, above the threshold's own floor of
+/// 10 ms), and a shorter interval leaves no time between detection and
+/// systemd's deadline to capture stacks and write a report.
+pub(crate) const MIN_WATCHDOG: Duration = Duration::from_millis(100);
+
+/// The longest `WATCHDOG_USEC` taken as given: one day. Longer values are
+/// clamped to it (pings then go out every six hours, far more often than
+/// systemd needs).
+pub(crate) const MAX_WATCHDOG: Duration = Duration::from_secs(24 * 3600);
 
 /// What systemd told this process through its environment.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -42,12 +60,19 @@ impl SystemdEnv {
     /// Reads the three variables through `lookup`, validating them.
     pub(crate) fn from_lookup(lookup: impl Fn(&str) -> Option<OsString>) -> Result<Self> {
         let socket = lookup("NOTIFY_SOCKET").filter(|s| !s.is_empty());
+        if let Some(s) = &socket {
+            if !matches!(s.as_bytes().first(), Some(b'/' | b'@')) {
+                return Err(Error::InvalidNotifySocket {
+                    value: s.to_string_lossy().into_owned(),
+                });
+            }
+        }
         let watchdog = match lookup("WATCHDOG_USEC") {
             None => None,
             Some(v) => {
                 let text = v.to_string_lossy().into_owned();
                 match text.trim().parse::<u64>() {
-                    Ok(n) if n > 0 => Some(Duration::from_micros(n)),
+                    Ok(n) if n > 0 => Some(watchdog_interval(n)?),
                     _ => return Err(Error::InvalidWatchdogUsec { value: text }),
                 }
             }
@@ -84,6 +109,28 @@ impl SystemdEnv {
             self.watchdog
         }
     }
+}
+
+/// `WATCHDOG_USEC=usec` as an interval: refused below [`MIN_WATCHDOG`],
+/// clamped (with one warning) above [`MAX_WATCHDOG`].
+fn watchdog_interval(usec: u64) -> Result<Duration> {
+    let w = Duration::from_micros(usec);
+    if w < MIN_WATCHDOG {
+        return Err(Error::WatchdogTooShort {
+            value: usec,
+            min: MIN_WATCHDOG,
+        });
+    }
+    if w > MAX_WATCHDOG {
+        tracing::warn!(
+            watchdog_usec = usec,
+            clamped_to = ?MAX_WATCHDOG,
+            "WATCHDOG_USEC is absurdly large; loopwatch uses {MAX_WATCHDOG:?} instead \
+             (it pings more often than systemd needs, which is harmless)"
+        );
+        return Ok(MAX_WATCHDOG);
+    }
+    Ok(w)
 }
 
 /// Where notifications go.
@@ -192,6 +239,32 @@ mod tests {
             env(&[("WATCHDOG_PID", "me")]),
             Err(Error::InvalidWatchdogPid { .. })
         ));
+    }
+
+    #[test]
+    fn absurd_watchdog_values_are_refused_or_clamped() {
+        match env(&[("WATCHDOG_USEC", "1")]) {
+            Err(Error::WatchdogTooShort { value: 1, min }) => assert_eq!(min, MIN_WATCHDOG),
+            other => panic!("WATCHDOG_USEC=1 gave {other:?}"),
+        }
+        for huge in ["300000000000000000", "18446744073709551615"] {
+            let e = env(&[("WATCHDOG_USEC", huge)]).unwrap();
+            assert_eq!(e.watchdog, Some(MAX_WATCHDOG), "WATCHDOG_USEC={huge}");
+        }
+        let e = env(&[("WATCHDOG_USEC", "100000")]).unwrap();
+        assert_eq!(e.watchdog, Some(MIN_WATCHDOG));
+    }
+
+    #[test]
+    fn a_relative_notify_socket_is_a_typed_error() {
+        for bad in ["relative/path", "notify.sock", "./x"] {
+            match env(&[("NOTIFY_SOCKET", bad)]) {
+                Err(Error::InvalidNotifySocket { value }) => assert_eq!(value, bad),
+                other => panic!("NOTIFY_SOCKET={bad:?} gave {other:?}"),
+            }
+        }
+        assert!(env(&[("NOTIFY_SOCKET", "@abstract")]).is_ok());
+        assert!(env(&[("NOTIFY_SOCKET", "")]).unwrap().socket.is_none());
     }
 
     #[test]

@@ -29,6 +29,16 @@ use crate::stacks::CaptureConfig;
 pub const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_secs(1);
 /// Longest default probe interval.
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+/// The shortest stall threshold accepted: 10 ms. Below it the threshold
+/// sits inside ordinary scheduling noise (a loaded 2-core host shows
+/// run-queue waits of several ms), every hiccup would be a "stall" with a
+/// full report, and the probe would have to wake the runtime more than
+/// once per millisecond to measure it.
+pub const MIN_STALL_THRESHOLD: Duration = Duration::from_millis(10);
+/// The longest stall threshold (or deadline margin) accepted: one day, the
+/// same bound as systemd's watchdog interval; it keeps every time
+/// computation far from overflow.
+pub const MAX_DURATION_SETTING: Duration = Duration::from_secs(24 * 3600);
 
 /// The settings as the application gave them to the builder.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,6 +121,25 @@ impl Settings {
             return Err(Error::ZeroDuration {
                 setting: "stall_threshold",
             });
+        }
+        if threshold < MIN_STALL_THRESHOLD {
+            return Err(Error::DurationTooShort {
+                setting: "stall_threshold",
+                value: threshold,
+                min: MIN_STALL_THRESHOLD,
+            });
+        }
+        for (setting, value) in [
+            ("stall_threshold", Some(threshold)),
+            ("probe_interval", r.probe_interval),
+            ("deadline_margin", r.deadline_margin),
+        ] {
+            if let Some(value) = value.filter(|v| *v > MAX_DURATION_SETTING) {
+                return Err(Error::InvalidSetting {
+                    setting,
+                    reason: format!("{value:?} is above the limit of {MAX_DURATION_SETTING:?}"),
+                });
+            }
         }
         if let Some(w) = watchdog {
             if threshold >= w {

@@ -70,7 +70,12 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Sends `states` to systemd when this watchdog talks to it.
+    /// A forked child of the process that started loopwatch sends nothing:
+    /// it is not the service's main process, whatever its environment says.
     pub(crate) fn notify(&self, states: &[NotifyState<'_>]) -> std::io::Result<bool> {
+        if std::process::id() != self.settings.pid {
+            return Ok(false);
+        }
         match &self.notifier {
             Some(n) => n.send(states).map(|()| true),
             None => Ok(false),

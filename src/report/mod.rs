@@ -197,14 +197,35 @@ impl RuntimeMetricsSnapshot {
     }
 }
 
-/// RFC 3339 UTC, milliseconds.
+/// RFC 3339 UTC, milliseconds. Never panics: a time before 1970 (a clock
+/// set wrong) or after year 9999 is clamped to the representable range.
 pub(crate) fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    use std::time::{Duration, UNIX_EPOCH};
+    // The last millisecond of year 9999.
+    const LAST: Duration = Duration::from_millis(253_402_300_799_999);
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    humantime::format_rfc3339_millis(UNIX_EPOCH + since.min(LAST)).to_string()
 }
 
 impl StallReport {
     /// The report as pretty JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn timestamps_out_of_range_are_clamped_not_panics() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let far = UNIX_EPOCH + Duration::from_secs(300_000_000_000_000);
+        assert_eq!(rfc3339(far), "9999-12-31T23:59:59.999Z");
+        if let Some(before) = UNIX_EPOCH.checked_sub(Duration::from_secs(10)) {
+            assert_eq!(rfc3339(before), "1970-01-01T00:00:00.000Z");
+        }
     }
 }
