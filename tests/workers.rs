@@ -4,7 +4,7 @@
 //! and leaves the runtime working.
 //!
 //! The stuck-worker detection itself is crate-internal (the monitor drives
-//! it); its tests are the unit tests in `src/hooks.rs`.
+//! it); its tests are the unit tests in `src/hooks/tests.rs`.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
