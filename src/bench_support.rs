@@ -1,9 +1,13 @@
-//! Internal pieces exposed for the benchmarks in `benches/` only.
+//! Internal pieces exposed for the benchmarks in `benches/` and loopwatch's
+//! own fault tests only.
 //!
 //! Not part of the public API: hidden from the docs, no stability promise.
 //! It lets criterion measure the probe and the stack capture on their own,
-//! without a monitor thread's scheduling in between.
+//! without a monitor thread's scheduling in between, and lets the fault
+//! tests make the monitor thread panic or hang on purpose (one relaxed
+//! atomic load per monitor wake-up when nothing is injected).
 
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -84,5 +88,40 @@ impl CaptureBench {
             unwind: c.unwind_duration,
             symbolize: c.symbolize_duration,
         }
+    }
+}
+
+/// Panics still to inject into the monitor thread.
+static INJECTED_PANICS: AtomicU32 = AtomicU32::new(0);
+/// A hang (ms) to inject into the monitor thread's next wake-up.
+static INJECTED_HANG_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Makes the next `n` wake-ups of every monitor thread in this process
+/// panic (a simulated loopwatch bug).
+pub fn inject_monitor_panics(n: u32) {
+    INJECTED_PANICS.store(n, Ordering::Relaxed);
+}
+
+/// Makes the next wake-up of a monitor thread in this process hang for
+/// `d` (a simulated frozen monitor).
+pub fn inject_monitor_hang(d: Duration) {
+    INJECTED_HANG_MS.store(
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+}
+
+/// Called by the monitor at each wake-up: carries out an injected fault.
+pub(crate) fn injected_fault() {
+    let hang = INJECTED_HANG_MS.swap(0, Ordering::Relaxed);
+    if hang > 0 {
+        std::thread::sleep(Duration::from_millis(hang));
+    }
+    if INJECTED_PANICS.load(Ordering::Relaxed) > 0
+        && INJECTED_PANICS
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    {
+        panic!("fault injected by loopwatch's tests");
     }
 }

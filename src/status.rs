@@ -79,9 +79,42 @@ pub struct Status {
     pub reports_written: u64,
     /// Stall report writes that failed (the report went to stderr instead).
     pub reports_failed: u64,
+    /// Failures of loopwatch itself caught so far (panics in the monitor
+    /// thread); each is logged and counted in
+    /// `loopwatch_internal_errors_total`.
+    pub internal_errors: u64,
+    /// Set when the monitor gave up after repeated internal failures: it
+    /// then sends no more pings (so systemd restarts the service) and
+    /// `/healthz` answers 503 with this reason.
+    pub monitor_failure: Option<String>,
+    /// When the monitor last published this snapshot. A snapshot much
+    /// older than the probe interval means the monitor is frozen;
+    /// `/healthz` then answers 503.
+    pub updated_at: Instant,
 }
 
 impl Status {
+    /// Whether the snapshot says "healthy" and is fresh: published less
+    /// than `stale_after` ago by a monitor that has not given up. This is
+    /// what `/healthz` answers.
+    pub fn is_healthy_now(&self, stale_after: Duration) -> Result<(), String> {
+        if let Some(reason) = &self.monitor_failure {
+            return Err(format!("loopwatch monitor failed: {reason}"));
+        }
+        let age = self.updated_at.elapsed();
+        if age > stale_after {
+            return Err(format!(
+                "loopwatch monitor has not run for {} (frozen?)",
+                human(age)
+            ));
+        }
+        if self.healthy {
+            Ok(())
+        } else {
+            Err(self.summary.clone())
+        }
+    }
+
     /// The status of the runtime called `name`.
     pub fn runtime(&self, name: &str) -> Option<&RuntimeStatus> {
         self.runtimes.iter().find(|r| r.name == name)

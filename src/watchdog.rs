@@ -59,6 +59,9 @@ pub struct Watchdog {
     owns_notify: bool,
     exporter: Option<Exporter>,
     registry: prometheus::Registry,
+    /// Held here too, so that loopwatch's collectors stay registered until
+    /// shutdown even if the monitor thread dies.
+    _metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Watchdog {
@@ -89,6 +92,7 @@ impl Watchdog {
         let registry = registry.unwrap_or_default();
         let metrics = Arc::new(Metrics::new(&registry, &runtimes, settings.threshold)?);
         diag.metrics = Some(metrics.clone());
+        let metrics_kept = metrics.clone();
         diag.registry = Some(registry.clone());
         let (notifier, owns_notify) = claim_notifier(&settings);
         let names: Vec<String> = runtimes.iter().map(|(n, _)| n.clone()).collect();
@@ -96,18 +100,18 @@ impl Watchdog {
             status: Mutex::new(initial_status(&settings, &names, notifier.is_some())),
             stop: AtomicBool::new(false),
             notifier,
+            stale_after: stale_after(&settings),
             settings: settings.clone(),
         });
         let report_dir = diag.report_dir().map(|p| p.display().to_string());
         let exporter = match &settings.metrics_addr {
             Some(addr) => {
                 let status = shared.clone();
+                let stale_after = shared.stale_after;
                 let health: HealthFn = Arc::new(move || {
-                    let st = status.status.lock();
-                    if st.healthy {
-                        Health::Healthy
-                    } else {
-                        Health::Unhealthy(st.summary.clone())
+                    match status.status.lock().is_healthy_now(stale_after) {
+                        Ok(()) => Health::Healthy,
+                        Err(reason) => Health::Unhealthy(reason),
                     }
                 });
                 let started =
@@ -152,6 +156,7 @@ impl Watchdog {
             owns_notify,
             exporter,
             registry,
+            _metrics: metrics_kept,
         })
     }
 
@@ -228,6 +233,14 @@ impl Drop for Watchdog {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// How old the monitor's last snapshot may be before `/healthz` calls the
+/// monitor frozen: three probe intervals (the monitor wakes at least once
+/// per interval), plus the longest a stall's capture and report may keep it
+/// busy, plus a second of slack for a loaded host.
+fn stale_after(settings: &Settings) -> std::time::Duration {
+    settings.probe_interval * 3 + std::time::Duration::from_secs(2)
 }
 
 /// Decides whether this watchdog talks to systemd, and claims the right.

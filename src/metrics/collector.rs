@@ -142,7 +142,7 @@ impl LoopwatchCollector {
 impl Collector for LoopwatchCollector {
     fn desc(&self) -> Vec<&Desc> {
         let f = &self.0.families;
-        let mut d = Vec::with_capacity(19);
+        let mut d = Vec::with_capacity(24);
         d.extend(f.probe_lag.desc());
         d.extend(f.lag.desc());
         d.extend(f.threshold.desc());
@@ -155,6 +155,7 @@ impl Collector for LoopwatchCollector {
         d.extend(f.reports.desc());
         d.extend(f.capture_duration.desc());
         d.extend(f.worker_stuck.desc());
+        d.extend(f.internal_errors.desc());
         d.extend(f.rt_workers.desc());
         d.extend(f.rt_alive_tasks.desc());
         d.extend(f.rt_global_queue_depth.desc());
@@ -166,7 +167,7 @@ impl Collector for LoopwatchCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let f = &self.0.families;
-        let mut out = Vec::with_capacity(19);
+        let mut out = Vec::with_capacity(24);
         out.extend(f.probe_lag.collect());
         out.extend(f.lag.collect());
         out.extend(f.threshold.collect());
@@ -181,6 +182,7 @@ impl Collector for LoopwatchCollector {
         out.extend(f.reports.collect());
         out.extend(f.capture_duration.collect());
         out.extend(f.worker_stuck.collect());
+        out.extend(f.internal_errors.collect());
         {
             let tokio = self.0.tokio.lock();
             refresh_tokio(&tokio);

@@ -51,6 +51,10 @@ pub(crate) const VERDICTS: [&str; 7] = [
 /// The index of `unknown` in [`VERDICTS`].
 pub(super) const UNKNOWN_VERDICT: usize = 6;
 
+/// The values of the `part` label of `loopwatch_internal_errors_total`:
+/// which part of loopwatch itself failed.
+pub(crate) const INTERNAL_PARTS: [&str; 3] = ["monitor", "diagnostics", "exporter"];
+
 /// The outcome of one watchdog ping opportunity, the `result` label of
 /// `loopwatch_watchdog_pings_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +96,7 @@ pub(super) struct Families {
     pub(super) reports: IntCounterVec,
     pub(super) capture_duration: Histogram,
     pub(super) worker_stuck: IntGaugeVec,
+    pub(super) internal_errors: IntCounterVec,
     pub(super) rt_workers: IntGaugeVec,
     pub(super) rt_alive_tasks: IntGaugeVec,
     pub(super) rt_global_queue_depth: IntGaugeVec,
@@ -194,6 +199,14 @@ impl Families {
                 ),
                 rt_worker,
             )?,
+            internal_errors: IntCounterVec::new(
+                Opts::new(
+                    "loopwatch_internal_errors_total",
+                    "Failures of loopwatch itself (a panic caught in the monitor thread, a \
+                     diagnostics step or the exporter), by part. Any increase is a loopwatch bug.",
+                ),
+                &["part"],
+            )?,
             rt_workers: IntGaugeVec::new(
                 Opts::new(
                     "loopwatch_runtime_workers",
@@ -245,6 +258,9 @@ impl Families {
         }
         for result in ["written", "failed"] {
             families.reports.with_label_values(&[result]);
+        }
+        for part in INTERNAL_PARTS {
+            families.internal_errors.with_label_values(&[part]);
         }
         Ok(families)
     }

@@ -18,7 +18,7 @@ use prometheus::{Gauge, Histogram, IntCounter, IntGauge, Registry, TextEncoder};
 use tokio::runtime::Handle;
 
 use super::collector::LoopwatchCollector;
-use super::families::{Families, PingResult, UNKNOWN_VERDICT, VERDICTS};
+use super::families::{Families, PingResult, INTERNAL_PARTS, UNKNOWN_VERDICT, VERDICTS};
 use crate::error::Error;
 
 /// The children of one watched runtime, resolved once.
@@ -46,6 +46,8 @@ pub(crate) struct Metrics {
     pings: [IntCounter; 3],
     reports_written: IntCounter,
     reports_failed: IntCounter,
+    /// Indexed like [`INTERNAL_PARTS`].
+    internal_errors: Vec<IntCounter>,
     registry: Registry,
 }
 
@@ -95,6 +97,10 @@ impl Metrics {
             .map(|r| families.pings.with_label_values(&[r.as_str()]));
         let reports_written = families.reports.with_label_values(&["written"]);
         let reports_failed = families.reports.with_label_values(&["failed"]);
+        let internal_errors = INTERNAL_PARTS
+            .iter()
+            .map(|p| families.internal_errors.with_label_values(&[*p]))
+            .collect();
         let collector = LoopwatchCollector::new(families, runtimes);
         registry.register(Box::new(collector.clone()))?;
         Ok(Metrics {
@@ -103,6 +109,7 @@ impl Metrics {
             pings,
             reports_written,
             reports_failed,
+            internal_errors,
             registry: registry.clone(),
         })
     }
@@ -199,6 +206,15 @@ impl Metrics {
             self.reports_written.inc();
         } else {
             self.reports_failed.inc();
+        }
+    }
+
+    /// Counts one failure of loopwatch itself in `part` (one of
+    /// [`INTERNAL_PARTS`]; anything else is counted as `monitor`).
+    pub(crate) fn internal_error(&self, part: &str) {
+        let i = INTERNAL_PARTS.iter().position(|p| *p == part).unwrap_or(0);
+        if let Some(c) = self.internal_errors.get(i) {
+            c.inc();
         }
     }
 

@@ -40,6 +40,7 @@ mod tests;
 pub(crate) use snapshot::initial_status;
 
 use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -59,6 +60,20 @@ use crate::status::{human, StallCallback, Status};
 /// How many of its own scheduling gaps the monitor remembers.
 const GAPS_KEPT: usize = 32;
 
+/// Panics within [`PANIC_WINDOW`] after which the monitor gives up.
+pub(crate) const MAX_PANICS: usize = 3;
+/// The window over which panics are counted, µs (one minute).
+const PANIC_WINDOW: u64 = 60_000_000;
+
+/// The message a panic carried, or a placeholder.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(a panic without a message)".into())
+}
+
 /// State shared between the monitor thread and the [`Watchdog`](crate::Watchdog) handle.
 pub(crate) struct Shared {
     pub settings: Arc<Settings>,
@@ -66,6 +81,8 @@ pub(crate) struct Shared {
     pub stop: AtomicBool,
     /// Where notify messages go, when this watchdog talks to systemd.
     pub notifier: Option<Notifier>,
+    /// How old the published status may be before it counts as frozen.
+    pub stale_after: std::time::Duration,
 }
 
 impl Shared {
@@ -125,6 +142,7 @@ pub(crate) struct Monitor {
     pings_failed: u64,
     notify_failure_logged: bool,
     callback_panics: u64,
+    internal_errors: u64,
 }
 
 impl Monitor {
@@ -173,30 +191,102 @@ impl Monitor {
             pings_failed: 0,
             notify_failure_logged: false,
             callback_panics: 0,
+            internal_errors: 0,
             shared,
         }
     }
 
-    /// The thread's body: tick until asked to stop.
+    /// The thread's body: tick until asked to stop, then take a last look
+    /// (so that a stall that just ended is reported recovered).
+    ///
+    /// Every step runs under `catch_unwind`: a panic inside loopwatch is
+    /// logged with its message, counted, and the monitor goes on. After
+    /// [`MAX_PANICS`] panics within [`PANIC_WINDOW`] it gives up for good
+    /// ([`give_up`](Self::give_up)). With `panic = "abort"` there is nothing
+    /// to catch: the process ends, which systemd also sees.
     pub(crate) fn run(mut self) {
         self.diag.warm_up();
         let mut planned = clock::now_us();
+        let mut panics: VecDeque<u64> = VecDeque::with_capacity(MAX_PANICS);
         while !self.shared.stop.load(Ordering::Acquire) {
             let now = clock::now_us();
-            let paused = self.note_gap(planned, now);
-            if let Some(gap) = paused.filter(|g| g.to - g.from > self.threshold) {
-                self.process_paused(gap);
+            if let Err(message) = self.guarded(|m| m.step(planned, now)) {
+                while panics.front().is_some_and(|t| now.saturating_sub(*t) > PANIC_WINDOW) {
+                    panics.pop_front();
+                }
+                panics.push_back(now);
+                if panics.len() >= MAX_PANICS {
+                    self.give_up(&message);
+                    return;
+                }
             }
-            self.tick(now);
             // Plan from the time the work ended, so that a long tick (a
             // capture, a report) is not later mistaken for a pause.
             let now = clock::now_us();
-            planned = self.next_wake(now).max(now);
+            planned = match self.guarded(|m| m.next_wake(now)) {
+                Ok(at) => at.max(now),
+                Err(_) => now.saturating_add(self.interval),
+            };
             if planned > now {
                 std::thread::park_timeout(us(planned - now));
             }
         }
+        let now = clock::now_us();
+        let _ = self.guarded(|m| m.tick(now));
         tracing::debug!("loopwatch monitor stopped");
+    }
+
+    /// One wake-up's work: notice a pause of the monitor itself, then tick.
+    fn step(&mut self, planned: u64, now: u64) {
+        crate::bench_support::injected_fault();
+        let paused = self.note_gap(planned, now);
+        if let Some(gap) = paused.filter(|g| g.to - g.from > self.threshold) {
+            self.process_paused(gap);
+        }
+        self.tick(now);
+    }
+
+    /// Runs `work` catching a panic: logged with its message and counted
+    /// (`loopwatch_internal_errors_total{part="monitor"}`); the message is
+    /// returned.
+    fn guarded<T>(&mut self, work: impl FnOnce(&mut Self) -> T) -> Result<T, String> {
+        match catch_unwind(AssertUnwindSafe(|| work(self))) {
+            Ok(v) => Ok(v),
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                self.internal_errors += 1;
+                self.metrics.internal_error("monitor");
+                tracing::error!(
+                    panic = %message,
+                    internal_errors = self.internal_errors,
+                    "loopwatch's monitor panicked (a loopwatch bug); it keeps watching"
+                );
+                Err(message)
+            }
+        }
+    }
+
+    /// Stops for good after repeated panics, and says so everywhere: no
+    /// more pings (systemd then restarts the service, the safe outcome),
+    /// `STATUS=`, the log, `status()` and `/healthz` (503 with the reason).
+    fn give_up(&mut self, last_panic: &str) {
+        let reason = format!(
+            "{MAX_PANICS} internal panics within {}; last: {last_panic}",
+            human(us(PANIC_WINDOW))
+        );
+        tracing::error!(
+            reason = %reason,
+            "loopwatch's monitor gives up: no more watchdog pings (systemd will restart the \
+             service if its watchdog is on), /healthz answers 503"
+        );
+        let line = format!("loopwatch monitor failed: {reason}");
+        let _ = self.shared.notify(&[NotifyState::Status(&line)]);
+        let mut st = self.shared.status.lock();
+        st.healthy = false;
+        st.summary = line;
+        st.internal_errors = self.internal_errors;
+        st.monitor_failure = Some(reason);
+        st.updated_at = std::time::Instant::now();
     }
 
     /// Remembers a wake-up much later than planned: the monitor itself was

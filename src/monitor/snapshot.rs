@@ -90,6 +90,8 @@ impl Monitor {
         st.pings_suppressed = self.pings_suppressed;
         st.pings_failed = self.pings_failed;
         st.callback_panics = self.callback_panics;
+        st.internal_errors = self.internal_errors;
+        st.updated_at = std::time::Instant::now();
         st.reports_written = self.diag.counters.reports_written.load(Ordering::Relaxed);
         st.reports_failed = self.diag.counters.reports_failed.load(Ordering::Relaxed);
     }
@@ -121,5 +123,8 @@ pub(crate) fn initial_status(settings: &Settings, names: &[String], pings: bool)
         callback_panics: 0,
         reports_written: 0,
         reports_failed: 0,
+        internal_errors: 0,
+        monitor_failure: None,
+        updated_at: std::time::Instant::now(),
     }
 }
