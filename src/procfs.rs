@@ -6,11 +6,13 @@
 //! process-wide facts (pid, resident memory, thread count, uptime,
 //! executable path and its GNU build id).
 //!
-//! It contains no `unsafe`: the one value that needs libc (the kernel's
-//! clock-tick rate, `sysconf(_SC_CLK_TCK)`) comes from
-//! [`crate::stacks::clock_ticks_per_second`]. Odd or missing `/proc`
-//! content never panics: the affected field is `None` or a neutral default,
-//! and a thread that exited between listing and reading is simply `None`.
+//! It also owns the kernel's clock-tick rate that `/proc` counts CPU times
+//! in, read from the auxiliary vector (`/proc/self/auxv`) rather than with
+//! `sysconf`, so this module needs no `unsafe` and no other loopwatch
+//! module. It does not capture stacks (the `stacks` module does, and attaches
+//! these facts to each thread). Odd or missing `/proc` content never
+//! panics: the affected field is `None` or a neutral default, and a thread
+//! that exited between listing and reading is simply `None`.
 
 use std::fs;
 use std::path::Path;
@@ -97,7 +99,7 @@ pub fn read_thread(tid: i32) -> Option<ThreadFacts> {
     let dir = format!("/proc/self/task/{tid}");
     let stat = fs::read_to_string(format!("{dir}/stat")).ok()?;
     let parsed = parse_stat(&stat)?;
-    let ticks = crate::stacks::clock_ticks_per_second();
+    let ticks = clock_ticks_per_second();
     let wchan = fs::read_to_string(format!("{dir}/wchan"))
         .ok()
         .and_then(|s| parse_wchan(&s));
@@ -323,6 +325,41 @@ fn syscall_name(_number: i64) -> Option<&'static str> {
     None
 }
 
+/// The clock-tick rate (`USER_HZ`) `/proc` counts CPU times in, read once.
+///
+/// It is the `AT_CLKTCK` entry of the auxiliary vector, which is where the
+/// C library's `sysconf(_SC_CLK_TCK)` gets it too; 100, Linux's `USER_HZ`
+/// on every architecture, if `/proc/self/auxv` cannot be read or lacks it.
+fn clock_ticks_per_second() -> u64 {
+    static TICKS: OnceLock<u64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        fs::read("/proc/self/auxv")
+            .ok()
+            .and_then(|auxv| auxv_value(&auxv, AT_CLKTCK))
+            .filter(|ticks| *ticks > 0)
+            .unwrap_or(100)
+    })
+}
+
+/// The auxiliary vector's entry type for the clock-tick rate (`<elf.h>`).
+const AT_CLKTCK: u64 = 17;
+
+/// The value of entry `key` in an auxiliary vector: pairs of native-endian
+/// words (type, value), ended by type 0 (`AT_NULL`).
+fn auxv_value(auxv: &[u8], key: u64) -> Option<u64> {
+    const WORD: usize = std::mem::size_of::<usize>();
+    let word = |bytes: &[u8]| -> u64 {
+        let mut buf = [0u8; WORD];
+        buf.copy_from_slice(bytes);
+        usize::from_ne_bytes(buf) as u64
+    };
+    auxv.chunks_exact(2 * WORD)
+        .map(|pair| (word(&pair[..WORD]), word(&pair[WORD..])))
+        .take_while(|&(kind, _)| kind != 0)
+        .find(|&(kind, _)| kind == key)
+        .map(|(_, value)| value)
+}
+
 fn ticks_to_duration(ticks: u64, per_second: u64) -> Duration {
     let per_second = per_second.max(1);
     let secs = ticks / per_second;
@@ -349,10 +386,7 @@ fn process_uptime() -> Option<Duration> {
     let uptime = fs::read_to_string("/proc/uptime").ok()?;
     let since_boot = parse_uptime(&uptime)?;
     let stat = fs::read_to_string("/proc/self/stat").ok()?;
-    let started = ticks_to_duration(
-        parse_stat(&stat)?.starttime,
-        crate::stacks::clock_ticks_per_second(),
-    );
+    let started = ticks_to_duration(parse_stat(&stat)?.starttime, clock_ticks_per_second());
     Some(since_boot.saturating_sub(started))
 }
 
@@ -371,6 +405,38 @@ fn serialize_duration_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The calling thread's tid, from the name `/proc/thread-self` links
+    /// to (`<pid>/task/<tid>`).
+    fn current_tid() -> i32 {
+        let link = fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+        link.file_name()
+            .and_then(|name| name.to_str()?.parse().ok())
+            .expect("tid in /proc/thread-self")
+    }
+
+    #[test]
+    fn clock_ticks_are_sane() {
+        let t = clock_ticks_per_second();
+        assert!((1..=10_000).contains(&t), "{t}");
+    }
+
+    #[test]
+    fn auxv_entries_are_found_up_to_the_end_marker() {
+        let words = |pairs: &[(usize, usize)]| -> Vec<u8> {
+            pairs
+                .iter()
+                .flat_map(|&(kind, value)| [kind, value])
+                .flat_map(usize::to_ne_bytes)
+                .collect()
+        };
+        let auxv = words(&[(6, 4096), (17, 250), (0, 0), (17, 1)]);
+        assert_eq!(auxv_value(&auxv, AT_CLKTCK), Some(250));
+        assert_eq!(auxv_value(&auxv, 6), Some(4096));
+        assert_eq!(auxv_value(&words(&[(0, 0), (17, 100)]), AT_CLKTCK), None);
+        assert_eq!(auxv_value(&auxv[..7], AT_CLKTCK), None);
+        assert_eq!(auxv_value(&[], AT_CLKTCK), None);
+    }
 
     #[test]
     fn stat_with_spaces_and_parentheses_in_the_name() {
@@ -454,7 +520,7 @@ mod tests {
     fn lists_and_reads_this_thread() {
         let tids = list_threads();
         assert!(!tids.is_empty());
-        let me = crate::stacks::current_tid();
+        let me = current_tid();
         assert!(tids.contains(&me), "{me} not in {tids:?}");
         let facts = read_thread(me).expect("own thread readable");
         assert_eq!(facts.tid, me);
@@ -476,7 +542,7 @@ mod tests {
             std::thread::Builder::new()
                 .name("facts-sleeper".into())
                 .spawn(move || {
-                    tid.store(crate::stacks::current_tid(), Ordering::SeqCst);
+                    tid.store(current_tid(), Ordering::SeqCst);
                     while !stop.load(Ordering::SeqCst) {
                         std::thread::sleep(Duration::from_millis(5));
                     }

@@ -48,20 +48,6 @@ pub(crate) fn current_tid() -> i32 {
     raw_gettid()
 }
 
-/// The kernel's clock-tick rate (`USER_HZ`) that `/proc` times are counted in.
-pub(crate) fn clock_ticks_per_second() -> u64 {
-    static TICKS: OnceLock<u64> = OnceLock::new();
-    *TICKS.get_or_init(|| {
-        // SAFETY: sysconf has no preconditions; it returns -1 on error.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        if ticks > 0 {
-            ticks as u64
-        } else {
-            100
-        }
-    })
-}
-
 fn raw_gettid() -> i32 {
     // SAFETY: gettid takes no arguments, cannot fail and is async-signal-safe.
     unsafe { libc::syscall(libc::SYS_gettid) as i32 }
@@ -603,12 +589,6 @@ mod tests {
         assert_ne!(pack(1, ARMED), pack(2, ARMED));
         assert_ne!(pack(1, ARMED), pack(1, WRITING));
         assert_eq!(pack(-1, DONE) & 0xffff_ffff, DONE);
-    }
-
-    #[test]
-    fn clock_ticks_are_sane() {
-        let t = clock_ticks_per_second();
-        assert!((1..=10_000).contains(&t), "{t}");
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::config::MAX_PER_THREAD_TIMEOUT;
 use super::*;
+use crate::error::Error;
 
 /// A thread that runs `body` until told to stop, and tells its tid.
 struct TestThread {
@@ -259,7 +261,7 @@ fn thread_blocking_the_signal_is_unresponsive_and_others_still_captured() {
     loop {
         let status =
             std::fs::read_to_string(format!("/proc/self/task/{}/status", blocked.tid)).unwrap();
-        if imp::signal_masks(&status, CaptureConfig::default().signal).0 {
+        if sequence::signal_masks(&status, CaptureConfig::default().signal).0 {
             break;
         }
         assert!(Instant::now() < deadline, "signal never blocked");
@@ -493,79 +495,4 @@ fn second_capture_is_served_from_the_symbol_cache() {
         thread(&second, sleeper_tid).frames,
         thread(&first, sleeper_tid).frames
     );
-}
-
-#[test]
-fn application_frames() {
-    let frame = |function: Option<&str>, module: Option<&str>| Frame {
-        ip: 1,
-        function: function.map(str::to_string),
-        file: None,
-        line: None,
-        inlined: false,
-        module: module.map(str::to_string),
-    };
-    let app = |f: &str| frame(Some(f), Some("mydaemon")).is_application();
-    assert!(app("mydaemon::handlers::checkout"));
-    assert!(app("mydaemon::handlers::checkout::{{closure}}"));
-    assert!(app("<mydaemon::Db as core::future::future::Future>::poll"));
-    assert!(app("<&mut mydaemon::Db as mydaemon::Store>::get"));
-    assert!(app("<F as mydaemon::Job>::run"));
-    assert!(app("stdx::thing"));
-    assert!(!app("std::thread::sleep"));
-    assert!(!app("core::hint::black_box"));
-    assert!(!app("alloc::vec::Vec<T>::push"));
-    assert!(!app("tokio::runtime::park::Inner::park"));
-    assert!(!app("parking_lot::raw_mutex::RawMutex::lock_slow"));
-    assert!(!app("parking_lot_core::parking_lot::park"));
-    assert!(!app("loopwatch::monitor::run"));
-    assert!(!app("<F as core::ops::function::FnOnce<()>>::call_once"));
-    assert!(!app(
-        "<alloc::boxed::Box<F,A> as core::ops::function::FnOnce<Args>>::call_once"
-    ));
-    assert!(!app(
-        "<core::pin::Pin<P> as core::future::future::Future>::poll"
-    ));
-    assert!(!app(
-        "<tokio::task::JoinHandle<T> as core::future::future::Future>::poll"
-    ));
-    assert!(!app("__rust_begin_short_backtrace"));
-    assert!(!app("main"));
-    assert!(!app("start_thread"));
-    assert!(!frame(Some("clock_nanosleep"), Some("libc.so.6")).is_application());
-    assert!(!frame(Some("__vdso_clock_gettime"), Some("[vdso]")).is_application());
-    assert!(!frame(None, Some("mydaemon")).is_application());
-    assert!(frame(Some("mydaemon::f"), None).is_application());
-
-    // Inlined frames of line-tables-only builds have unqualified names: the
-    // source path decides.
-    let in_file = |function: &str, file: &str| Frame {
-        file: Some(file.to_string()),
-        ..frame(Some(function), Some("mydaemon"))
-    };
-    let rustc =
-        "/rustc/59807616e1fa2540724bfbac14d7976d7e4a3860/library/core/src/panic/unwind_safe.rs";
-    assert!(!in_file("call_once<(), F>", rustc).is_application());
-    assert!(!in_file(
-        "poll<F>",
-        "/home/u/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tokio-1.54.0/src/runtime/task/core.rs"
-    )
-    .is_application());
-    assert!(!in_file(
-        "lock<T>",
-        "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/parking_lot_core-0.9.10/src/parking_lot.rs"
-    )
-    .is_application());
-    assert!(!in_file("next<S>", "/build/vendor/futures-util/src/stream/mod.rs").is_application());
-    assert!(!in_file(
-        "capture",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/src/stacks/mod.rs")
-    )
-    .is_application());
-    assert!(in_file("checkout", "/srv/mydaemon/src/handlers.rs").is_application());
-    assert!(in_file(
-        "parse<T>",
-        "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/serde_json-1.0.140/src/de.rs"
-    )
-    .is_application());
 }
