@@ -108,12 +108,13 @@ impl Watchdog {
             Some(addr) => {
                 let status = shared.clone();
                 let stale_after = shared.stale_after;
-                let health: HealthFn = Arc::new(move || {
-                    match status.status.lock().is_healthy_now(stale_after) {
-                        Ok(()) => Health::Healthy,
-                        Err(reason) => Health::Unhealthy(reason),
-                    }
-                });
+                let health: HealthFn =
+                    Arc::new(
+                        move || match status.status.lock().is_healthy_now(stale_after) {
+                            Ok(()) => Health::Healthy,
+                            Err(reason) => Health::Unhealthy(reason),
+                        },
+                    );
                 let started =
                     Exporter::start(addr, registry.clone(), health, ExporterLimits::default());
                 match started {

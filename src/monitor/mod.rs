@@ -211,7 +211,10 @@ impl Monitor {
         while !self.shared.stop.load(Ordering::Acquire) {
             let now = clock::now_us();
             if let Err(message) = self.guarded(|m| m.step(planned, now)) {
-                while panics.front().is_some_and(|t| now.saturating_sub(*t) > PANIC_WINDOW) {
+                while panics
+                    .front()
+                    .is_some_and(|t| now.saturating_sub(*t) > PANIC_WINDOW)
+                {
                     panics.pop_front();
                 }
                 panics.push_back(now);

@@ -55,6 +55,7 @@ fn a_million_probe_cycles_keep_memory_flat() {
         status: Mutex::new(initial_status(&settings, &names, false)),
         stop: AtomicBool::new(false),
         notifier: None,
+        stale_after: Duration::from_secs(3),
         settings,
     });
     let registry = prometheus::Registry::new();

@@ -102,7 +102,7 @@ fn blocked_here_for_test(stop: &AtomicBool) {
 }
 
 /// A sampler with the longest timeout: a loaded CI machine may leave a
-/// runnable thread off the CPU for more than the default 20 ms, and these
+/// runnable thread off the CPU for more than the default 50 ms, and these
 /// tests are about what is captured, not about scheduling latency.
 fn sampler() -> StackSampler {
     StackSampler::new(CaptureConfig {
