@@ -34,6 +34,8 @@ impl Monitor {
                 );
                 self.send_status(now);
                 self.metrics.stall_started(i);
+                // Say it (status(), /healthz) before the diagnostics' work.
+                self.publish(now);
                 let outcome = self.diagnose(i, i, track, now);
                 if let Some(kind) = outcome.verdict {
                     self.metrics.stall_classified(i, kind.as_str());
@@ -106,6 +108,7 @@ impl Monitor {
                 if counts && self.loops[i].worker_stall.is_none() {
                     self.loops[i].worker_stall = Some(stuck.stuck_since);
                     self.metrics.stall_started(i);
+                    self.publish(now);
                     let track = StallTrack {
                         started_at: stuck.stuck_since,
                         detected_at: now,

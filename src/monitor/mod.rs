@@ -49,7 +49,7 @@ use tokio::runtime::Handle;
 
 use crate::clock::{self, micros, us};
 use crate::diagnostics::Diagnostics;
-use crate::health::LoopTracker;
+use crate::health::{LoopTracker, Transition};
 use crate::hooks::{RuntimeHooks, WorkerWatch};
 use crate::metrics::Metrics;
 use crate::notify::{Notifier, NotifyState};
@@ -235,7 +235,7 @@ impl Monitor {
             }
         }
         let now = clock::now_us();
-        let _ = self.guarded(|m| m.tick(now));
+        let _ = self.guarded(|m| m.last_look(now));
         tracing::debug!("loopwatch monitor stopped");
     }
 
@@ -326,6 +326,30 @@ impl Monitor {
         for (i, t) in started {
             self.on_transition(i, t, gap.to);
         }
+    }
+
+    /// At shutdown: a stall whose probe has been answered since the last
+    /// tick is reported recovered. Nothing new is started (no capture, no
+    /// second capture), so shutdown never waits for diagnostics.
+    fn last_look(&mut self, now: u64) {
+        let mut ended = Vec::new();
+        for (i, w) in self.loops.iter_mut().enumerate() {
+            let reading = w.probe.read();
+            if w.tracker.stall.is_none() || !matches!(reading, ProbeReading::Answered { .. }) {
+                continue;
+            }
+            ended.extend(
+                w.tracker
+                    .observe(reading, now, self.threshold)
+                    .into_iter()
+                    .filter(|t| matches!(t, Transition::StallEnded { .. }))
+                    .map(|t| (i, t)),
+            );
+        }
+        for (i, t) in ended {
+            self.on_transition(i, t, now);
+        }
+        self.publish(now);
     }
 
     /// One pass: read probes, decide, ping, publish the status.
