@@ -37,6 +37,24 @@ pub(crate) fn us(v: u64) -> Duration {
     Duration::from_micros(v)
 }
 
+/// Serde for a [`Duration`] as a number of seconds (`f64`), the unit
+/// reports and metrics use. Negative, non-finite or huge values read back
+/// as zero or saturate instead of failing.
+pub(crate) mod secs_f64 {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let v = f64::deserialize(d)?;
+        Ok(Duration::try_from_secs_f64(v.max(0.0)).unwrap_or(Duration::MAX))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

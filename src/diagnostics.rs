@@ -31,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::procfs;
 use crate::report::{
     group_threads, rfc3339, CaptureInfo, LagSample, ReportTimes, RuntimeMetricsSnapshot,
-    StallReport, Thresholds,
+    StallReport, Thresholds, REPORT_FORMAT_VERSION,
 };
 use crate::report_store::ReportStore;
 use crate::settings::{DiagnosticsConfig, Settings};
@@ -265,7 +265,8 @@ impl Diagnostics {
             .max(ctx.track.max_lag));
         let report = StallReport {
             id,
-            loopwatch_version: env!("CARGO_PKG_VERSION"),
+            format_version: REPORT_FORMAT_VERSION,
+            loopwatch_version: env!("CARGO_PKG_VERSION").to_string(),
             runtime: ctx.runtime.to_string(),
             recovered: false,
             duration_seconds: None,

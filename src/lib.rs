@@ -80,13 +80,13 @@ pub use error::{Error, Result};
 pub use procfs::{ProcessFacts, SyscallInfo, ThreadFacts};
 pub use report::{
     CaptureInfo, LagSample, ReportFrame, ReportTimes, RuntimeMetricsSnapshot, StallReport,
-    ThreadGroup, Thresholds,
+    ThreadGroup, Thresholds, REPORT_FORMAT_VERSION,
 };
 pub use report_store::DEFAULT_KEEP_REPORTS;
 pub use settings::{
     DEFAULT_PROBE_INTERVAL, DEFAULT_STALL_THRESHOLD, MAX_DURATION_SETTING, MIN_STALL_THRESHOLD,
 };
-pub use stacks::{CaptureOutcome, Frame};
+pub use stacks::{CaptureOutcome, Frame, Origin, SymbolSource};
 pub use status::{LoopState, RuntimeStatus, StallEvent, Status};
 pub use verdict::{Culprit, Verdict, VerdictKind};
 pub use watchdog::Watchdog;

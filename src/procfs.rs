@@ -14,12 +14,13 @@
 //! panics: the affected field is `None` or a neutral default, and a thread
 //! that exited between listing and reading is simply `None`.
 
+use std::borrow::Cow;
 use std::fs;
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The thread ids (tids) of this process, from `/proc/self/task`, sorted.
 ///
@@ -55,7 +56,7 @@ fn list_threads_in(dir: &Path) -> Vec<i32> {
 }
 
 /// What `/proc` says about one thread at the moment it was read.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ThreadFacts {
     /// The kernel thread id.
     pub tid: i32,
@@ -65,7 +66,7 @@ pub struct ThreadFacts {
     /// The scheduler state letter from `/proc/.../stat`: `R`, `S`, `D`, `T`, ...
     pub state: char,
     /// The state spelled out: `"running"`, `"sleeping"`, `"disk sleep"`, ...
-    pub state_name: &'static str,
+    pub state_name: Cow<'static, str>,
     /// The kernel function the thread waits in (`/proc/.../wchan`), when the
     /// kernel discloses it (it shows `0` to unprivileged readers on many
     /// kernels, which is `None` here).
@@ -74,18 +75,18 @@ pub struct ThreadFacts {
     /// user space, or when it is blocked outside a system call.
     pub syscall: Option<SyscallInfo>,
     /// CPU time consumed so far, user plus system.
-    #[serde(serialize_with = "serialize_duration_secs")]
+    #[serde(with = "crate::clock::secs_f64")]
     pub cpu_time: Duration,
 }
 
 /// A system call a thread is blocked in, from `/proc/.../syscall`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyscallInfo {
     /// The system call number of this architecture.
     pub number: i64,
     /// Its name, for the calls a stuck thread is commonly found in
     /// (`futex`, `epoll_wait`, `clock_nanosleep`, `read`, ...).
-    pub name: Option<&'static str>,
+    pub name: Option<Cow<'static, str>>,
 }
 
 /// Reads the facts of thread `tid` of this process.
@@ -110,7 +111,7 @@ pub fn read_thread(tid: i32) -> Option<ThreadFacts> {
         tid,
         name: parsed.comm,
         state: parsed.state,
-        state_name: state_name(parsed.state),
+        state_name: Cow::Borrowed(state_name(parsed.state)),
         wchan,
         syscall,
         cpu_time: ticks_to_duration(parsed.utime.saturating_add(parsed.stime), ticks),
@@ -118,7 +119,7 @@ pub fn read_thread(tid: i32) -> Option<ThreadFacts> {
 }
 
 /// Facts about the whole process.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcessFacts {
     /// The process id.
     pub pid: u32,
@@ -127,7 +128,7 @@ pub struct ProcessFacts {
     /// Number of threads; 0 if unknown.
     pub threads: usize,
     /// Time since the process started; zero if unknown.
-    #[serde(serialize_with = "serialize_duration_secs")]
+    #[serde(with = "crate::clock::secs_f64")]
     pub uptime: Duration,
     /// The GNU build id of the executable, in hex, if it has one. It names
     /// the exact binary whose debug info symbolizes the report.
@@ -240,7 +241,7 @@ fn parse_syscall(s: &str) -> Option<SyscallInfo> {
     }
     Some(SyscallInfo {
         number,
-        name: syscall_name(number),
+        name: syscall_name(number).map(Cow::Borrowed),
     })
 }
 
@@ -398,9 +399,6 @@ fn parse_uptime(s: &str) -> Option<Duration> {
 
 /// Durations in facts serialize as fractional seconds, which reads better
 /// in a report than serde's `{secs, nanos}`.
-fn serialize_duration_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
-}
 
 #[cfg(test)]
 mod tests {

@@ -23,13 +23,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::stacks::{CaptureOutcome, Frame, ThreadStack};
 use crate::status::human;
 
 /// The kind of stall.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum VerdictKind {
     /// A loop thread spent the stall on CPU in application code.
@@ -70,7 +70,7 @@ impl std::fmt::Display for VerdictKind {
 }
 
 /// A verdict with the evidence that supports it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
     /// The kind of stall.
     pub kind: VerdictKind,
@@ -81,7 +81,7 @@ pub struct Verdict {
 }
 
 /// The code that blocked the loop.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Culprit {
     /// The stuck thread's id.
     pub tid: i32,
@@ -298,6 +298,7 @@ fn decide_loop(e: &Evidence<'_>) -> (Verdict, Option<Culprit>) {
     let state = facts.map(|f| f.state).unwrap_or('?');
     let syscall = facts.and_then(|f| f.syscall.as_ref()).map(|s| {
         s.name
+            .as_deref()
             .map(str::to_string)
             .unwrap_or_else(|| format!("syscall {}", s.number))
     });
@@ -314,7 +315,7 @@ fn decide_loop(e: &Evidence<'_>) -> (Verdict, Option<Culprit>) {
     ));
     evidence.push(format!(
         "its state: {state} ({}){}",
-        facts.map_or("unknown", |f| f.state_name),
+        facts.map_or("unknown", |f| f.state_name.as_ref()),
         syscall
             .as_ref()
             .map(|s| format!(", in system call {s}"))
@@ -368,7 +369,7 @@ fn decide_loop(e: &Evidence<'_>) -> (Verdict, Option<Culprit>) {
                 t.facts
                     .as_ref()
                     .and_then(|f| f.syscall.as_ref())
-                    .is_some_and(|s| s.name == Some("futex"))
+                    .is_some_and(|s| s.name.as_deref() == Some("futex"))
             })
             .filter_map(|t| {
                 first_app_function(t).map(|f| format!("{} ({}) in {f}", t.tid, thread_name(t)))

@@ -436,3 +436,42 @@ fn sigstop_of_the_whole_process_is_process_paused() {
         r["culprit"]
     );
 }
+
+#[test]
+fn a_report_reads_back_into_the_same_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(demo_bin())
+        .args([
+            "--stall-after",
+            "0.3",
+            "--stall-for",
+            "0.5",
+            "--threshold-ms",
+            "200",
+            "--exit-after",
+            "1.5",
+            "--report-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("run demo");
+    assert!(out.status.success(), "demo failed: {out:?}");
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let json = files
+        .iter()
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .expect("a JSON report");
+    let text = std::fs::read_to_string(json.with_extension("txt")).unwrap();
+    let report: loopwatch::StallReport =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap())
+            .expect("the JSON reads back as a StallReport");
+    assert_eq!(report.format_version, loopwatch::REPORT_FORMAT_VERSION);
+    assert_eq!(
+        report.to_text(),
+        text,
+        "the text rendered from the JSON is the text file"
+    );
+}

@@ -11,7 +11,7 @@
 /// A worker of a multi-thread runtime that has made no progress for longer
 /// than the stall threshold while the runtime as a whole may still answer
 /// the probe: one section of a stall report.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StuckWorker {
     /// The worker's index, as in tokio's `RuntimeMetrics::worker_*`.
     pub worker: usize,
@@ -33,7 +33,7 @@ pub struct StuckWorker {
 }
 
 /// The task a stuck worker is polling.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StuckTask {
     /// tokio's task id, as `tokio::task::Id` displays it.
     pub id: String,

@@ -21,20 +21,30 @@ pub(crate) use threads::group_threads;
 
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::procfs::ProcessFacts;
 use crate::stacks::{CaptureOutcome, Frame};
 use crate::verdict::{Culprit, Verdict};
 
+/// The version of the report's JSON format that this loopwatch writes.
+/// It grows when a field changes meaning or a reader would misread a new
+/// report; added optional fields do not change it. Version 1 is the format
+/// of loopwatch 0.1's first release (no `format_version` field).
+pub const REPORT_FORMAT_VERSION: u32 = 2;
+
 /// A complete account of one stall.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct StallReport {
     /// Unique id: UTC time of detection, runtime, pid and a sequence number.
     pub id: String,
+    /// The version of this JSON format ([`REPORT_FORMAT_VERSION`]). A
+    /// reader refuses a report of a later version than it knows.
+    #[serde(default)]
+    pub format_version: u32,
     /// The loopwatch version that wrote it.
-    pub loopwatch_version: &'static str,
+    pub loopwatch_version: String,
     /// The stalled runtime's name.
     pub runtime: String,
     /// True once the loop answered again.
@@ -74,7 +84,7 @@ pub struct StallReport {
 }
 
 /// When things happened.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ReportTimes {
     /// When the unanswered probe was sent: the loop was stuck from then at the latest.
     pub stall_start: String,
@@ -89,7 +99,7 @@ pub struct ReportTimes {
 }
 
 /// The thresholds in force.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Thresholds {
     /// Stall threshold (seconds).
     pub stall_threshold_seconds: f64,
@@ -102,7 +112,7 @@ pub struct Thresholds {
 }
 
 /// One answered probe.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct LagSample {
     /// When the probe was answered, relative to the stall start (negative: before).
     pub at_seconds: f64,
@@ -111,7 +121,7 @@ pub struct LagSample {
 }
 
 /// One stack capture.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CaptureInfo {
     /// Why it was taken: `detection`, `before-deadline`, `still-stalled`.
     pub reason: String,
@@ -128,7 +138,7 @@ pub struct CaptureInfo {
 }
 
 /// Threads with the same stack.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ThreadGroup {
     /// How many threads.
     pub count: usize,
@@ -153,7 +163,7 @@ pub struct ThreadGroup {
 }
 
 /// A frame in a report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReportFrame {
     /// The frame.
     #[serde(flatten)]
@@ -163,7 +173,7 @@ pub struct ReportFrame {
 }
 
 /// The tokio runtime's stable metrics.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RuntimeMetricsSnapshot {
     /// Worker threads.
     pub workers: usize,

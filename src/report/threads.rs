@@ -75,6 +75,7 @@ pub(crate) fn group_threads(
                 state: facts.map(|f| format!("{} ({})", f.state, f.state_name)),
                 syscall: facts.and_then(|f| f.syscall.as_ref()).map(|s| {
                     s.name
+                        .as_deref()
                         .map(str::to_string)
                         .unwrap_or_else(|| format!("#{}", s.number))
                 }),

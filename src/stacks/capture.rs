@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::frame::Frame;
 use crate::procfs::ThreadFacts;
@@ -21,23 +21,23 @@ use crate::procfs::ThreadFacts;
 pub const MAX_FRAMES: usize = 256;
 
 /// The stacks of a set of threads, taken one after the other.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Capture {
     /// One entry per requested thread, in request order.
     pub threads: Vec<ThreadStack>,
     /// Time spent signalling threads and waiting for their copies.
-    #[serde(serialize_with = "serialize_duration_secs")]
+    #[serde(with = "crate::clock::secs_f64")]
     pub signal_duration: Duration,
     /// Time spent unwinding the copies.
-    #[serde(serialize_with = "serialize_duration_secs")]
+    #[serde(with = "crate::clock::secs_f64")]
     pub unwind_duration: Duration,
     /// Time spent turning addresses into functions, files and lines.
-    #[serde(serialize_with = "serialize_duration_secs")]
+    #[serde(with = "crate::clock::secs_f64")]
     pub symbolize_duration: Duration,
 }
 
 /// One thread of a [`Capture`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ThreadStack {
     /// Kernel thread id.
     pub tid: i32,
@@ -61,7 +61,7 @@ pub struct ThreadStack {
 }
 
 /// What happened to one thread during a capture.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CaptureOutcome {
     /// Registers and stack copied; frames unwound.
@@ -79,7 +79,7 @@ pub enum CaptureOutcome {
 }
 
 /// Registers of interrupted code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registers {
     /// Instruction pointer (`rip`).
     pub ip: u64,
@@ -87,8 +87,4 @@ pub struct Registers {
     pub sp: u64,
     /// Frame pointer (`rbp`).
     pub bp: u64,
-}
-
-fn serialize_duration_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
 }

@@ -71,7 +71,7 @@ mod tests;
 
 pub use capture::{Capture, CaptureOutcome, ThreadStack};
 pub use config::CaptureConfig;
-pub use frame::Frame;
+pub use frame::{Frame, Origin, SymbolSource};
 pub use sampler::StackSampler;
 
 /// Kernel thread id of the calling thread (0 where unsupported).

@@ -15,7 +15,7 @@ use framehop::FrameAddress;
 
 use super::capture::{Capture, CaptureOutcome, Registers, ThreadStack, MAX_FRAMES};
 use super::config::CaptureConfig;
-use super::frame::Frame;
+use super::frame::{Frame, SymbolSource};
 use super::maps;
 use super::modules::{Modules, Unwound};
 use super::symbols::{ModuleRef, Symbolizer};
@@ -291,17 +291,16 @@ impl State {
                     bias: m.bias?,
                 })
             });
+            let offset = known.and_then(|m| m.bias).map(|b| ip.wrapping_sub(b));
             let symbols = self
                 .symbols
                 .resolve(ip, address.is_return_address(), module_ref);
             if symbols.is_empty() {
                 out.push(Frame {
                     ip,
-                    function: None,
-                    file: None,
-                    line: None,
-                    inlined: false,
                     module,
+                    offset,
+                    ..Frame::default()
                 });
                 continue;
             }
@@ -314,6 +313,9 @@ impl State {
                     line: s.line,
                     inlined: i < last,
                     module: module.clone(),
+                    offset,
+                    symbols: SymbolSource::DebugInfo,
+                    ..Frame::default()
                 });
             }
         }
