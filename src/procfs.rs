@@ -397,9 +397,6 @@ fn parse_uptime(s: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(secs).ok()
 }
 
-/// Durations in facts serialize as fractional seconds, which reads better
-/// in a report than serde's `{secs, nanos}`.
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,7 +464,7 @@ mod tests {
         assert_eq!(parse_syscall("garbage"), None);
         let info = parse_syscall("202 0x1 0x2 0x3 0x4 0x5 0x6 0x7ffd 0x7f00\n").unwrap();
         assert_eq!(info.number, 202);
-        assert_eq!(info.name, Some("futex"));
+        assert_eq!(info.name.as_deref(), Some("futex"));
         let unknown = parse_syscall("9999 0x0\n").unwrap();
         assert_eq!(unknown.name, None);
     }
@@ -524,7 +521,7 @@ mod tests {
         assert_eq!(facts.tid, me);
         assert_eq!(facts.state, 'R', "the reading thread is running: {facts:?}");
         // It reads its own syscall file from inside read(2).
-        let syscall = facts.syscall.as_ref().and_then(|s| s.name);
+        let syscall = facts.syscall.as_ref().and_then(|s| s.name.as_deref());
         assert!(matches!(syscall, None | Some("read")), "{facts:?}");
         assert!(!facts.name.is_empty());
     }
@@ -567,9 +564,9 @@ mod tests {
         let facts = seen.expect("sleeping thread seen in state S");
         assert_eq!(facts.name, "facts-sleeper");
         assert_eq!(facts.state_name, "sleeping");
-        let name = facts.syscall.unwrap().name;
+        let name = facts.syscall.unwrap().name.map(String::from);
         assert!(
-            matches!(name, Some("clock_nanosleep") | Some("nanosleep")),
+            matches!(name.as_deref(), Some("clock_nanosleep") | Some("nanosleep")),
             "{name:?}"
         );
         // Gone threads are None.

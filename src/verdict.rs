@@ -468,6 +468,7 @@ mod tests {
             line: Some(1),
             inlined: false,
             module: Some("app".into()),
+            ..Frame::default()
         }
     }
 

@@ -109,6 +109,7 @@ mod tests {
             line: None,
             inlined: false,
             module: None,
+            ..Frame::default()
         }
     }
 

@@ -262,6 +262,7 @@ mod tests {
             line: None,
             inlined: false,
             module: module.map(str::to_string),
+            ..Frame::default()
         };
         let app = |f: &str| frame(Some(f), Some("mydaemon")).is_application();
         assert!(app("mydaemon::handlers::checkout"));
