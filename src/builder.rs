@@ -208,6 +208,28 @@ impl Builder {
         self
     }
 
+    /// The total wall time one capture of every thread may take (default
+    /// 200 ms, at most 10 s; never more than half the time left before
+    /// systemd's deadline). Loop threads and stuck workers are captured
+    /// first; threads not reached in time are listed with that reason.
+    pub fn capture_budget(mut self, budget: Duration) -> Self {
+        if let Some(c) = &mut self.requested.capture {
+            c.budget = budget;
+        }
+        self
+    }
+
+    /// The wall time the report's second pass may spend reading debug
+    /// information for files, lines and inlined functions (default 1 s, at
+    /// most 10 s). The first report is already on disk by then; the report
+    /// says when this ran out.
+    pub fn symbolize_budget(mut self, budget: Duration) -> Self {
+        if let Some(c) = &mut self.requested.capture {
+            c.symbolize_budget = budget;
+        }
+        self
+    }
+
     /// Turns stack capture off: reports then show `/proc` facts only and no
     /// signal handler is installed.
     pub fn no_stack_capture(mut self) -> Self {

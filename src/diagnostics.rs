@@ -80,6 +80,8 @@ struct ActiveStall {
     first_at: u64,
     presample: Option<(u64, HashMap<i32, Duration>)>,
     second_due: Option<u64>,
+    /// systemd's earliest deadline (µs clock), when pings are on.
+    deadline: Option<u64>,
     /// Lock cycles found by parking_lot's checker (reported once by it).
     deadlock: Vec<String>,
 }
@@ -180,8 +182,15 @@ impl Diagnostics {
         matches!(self.presamples[idx], Some((w, _, _)) if w == woken_at)
     }
 
-    /// Captures every thread, `first` ones first (the stuck workers).
-    fn capture(&self, reason: &str, first: &[i32]) -> (Vec<ThreadStack>, Option<CaptureInfo>) {
+    /// Captures every thread, `first` ones first (stuck workers, then the
+    /// loop's threads), within the capture budget and never more than half
+    /// the time left before systemd's `deadline`.
+    fn capture(
+        &self,
+        reason: &str,
+        first: &[i32],
+        deadline: Option<u64>,
+    ) -> (Vec<ThreadStack>, Option<CaptureInfo>) {
         let Some(sampler) = &self.sampler else {
             // Capture off: /proc facts only.
             let threads = procfs::list_threads()
@@ -204,7 +213,8 @@ impl Diagnostics {
                 .into_iter()
                 .filter(|t| !first.contains(t)),
         );
-        let c: Capture = sampler.capture(&order);
+        let budget = self.capture_budget(deadline);
+        let c: Capture = sampler.capture_within(&order, budget);
         let total = c.signal_duration + c.unwind_duration + c.symbolize_duration;
         if let Some(m) = &self.metrics {
             m.capture_took(total);
@@ -224,6 +234,55 @@ impl Diagnostics {
         (c.threads, Some(info))
     }
 
+    /// The capture budget: the configured one, but never more than half the
+    /// time left before systemd's deadline (and at least 10 ms).
+    fn capture_budget(&self, deadline: Option<u64>) -> Duration {
+        let configured = self
+            .config
+            .capture
+            .as_ref()
+            .map_or(Duration::from_millis(200), |c| c.budget);
+        match deadline {
+            Some(d) => configured
+                .min(us(d.saturating_sub(clock::now_us()) / 2))
+                .max(Duration::from_millis(10)),
+            None => configured,
+        }
+    }
+
+    /// The second pass over a report's stacks: files, lines and inlined
+    /// functions from debug information, within the symbolization budget
+    /// (and never past `until`, a monotonic clock reading); then the
+    /// report is decided again and rewritten, and every bit of
+    /// symbolization state is released.
+    fn symbolize(
+        &self,
+        stall: &mut ActiveStall,
+        second: Option<&mut Vec<ThreadStack>>,
+        until: Option<u64>,
+    ) {
+        let Some(sampler) = &self.sampler else { return };
+        let Some(configured) = self.config.capture.as_ref().map(|c| c.symbolize_budget) else {
+            return;
+        };
+        let budget = match until {
+            Some(u) => configured.min(us(u.saturating_sub(clock::now_us()))),
+            None => configured,
+        };
+        let done = match second {
+            Some(threads) => sampler.symbolize(threads, budget),
+            None => sampler.symbolize(&mut stall.first, budget),
+        };
+        sampler.release();
+        if done.ran_out_of_time {
+            stall.report.notes.push(format!(
+                "symbolization ran out of its {} budget: some frames show symbol-table names or addresses only",
+                human(budget)
+            ));
+        }
+        stall.report.notes.extend(done.notes);
+    }
+
     /// Step 2: the stall was declared. Captures, decides, writes.
     pub(crate) fn stall_started(&mut self, ctx: StallContext<'_>) -> Outcome {
         let t0 = clock::now_us();
@@ -232,7 +291,9 @@ impl Diagnostics {
             .iter()
             .flat_map(|s| s.tids.clone())
             .collect();
-        let (first, info) = self.capture("detection", &stuck_first);
+        let mut order = stuck_first.clone();
+        order.extend(ctx.loop_tids.iter().filter(|t| !stuck_first.contains(t)));
+        let (first, info) = self.capture("detection", &order, ctx.deadline);
         let first_at = clock::now_us();
         let presample = self.presamples[ctx.idx]
             .take()
@@ -316,10 +377,17 @@ impl Diagnostics {
             first_at,
             presample,
             second_due,
+            deadline: ctx.deadline,
             deadlock: Vec::new(),
         };
         self.refresh(&mut stall, None, None);
-        let path = self.write(&mut stall);
+        let mut path = self.write(&mut stall);
+        if self.sampler.is_some() {
+            let until = stall.second_due.or(ctx.deadline);
+            self.symbolize(&mut stall, None, until);
+            self.refresh(&mut stall, None, None);
+            path = self.write(&mut stall).or(path);
+        }
         tracing::error!(
             runtime = ctx.runtime,
             verdict = %stall.report.verdict.kind,
@@ -424,13 +492,21 @@ impl Diagnostics {
                 .iter()
                 .flat_map(|s| s.tids.clone())
                 .collect();
-            let (second, info) = self.capture(reason, &stuck_first);
+            let mut order = stuck_first.clone();
+            order.extend(stall.loop_tids.iter().filter(|t| !stuck_first.contains(t)));
+            let (mut second, info) = self.capture(reason, &order, stall.deadline);
             let at = clock::now_us();
             stall.report.captures.extend(info);
             stall.report.stalled_for_seconds =
                 us(at.saturating_sub(stall.first_at)).as_secs_f64() + stall.lag.as_secs_f64();
             self.refresh(&mut stall, Some(&second), Some(at));
-            let path = self.write(&mut stall);
+            let mut path = self.write(&mut stall);
+            if self.sampler.is_some() {
+                let until = stall.deadline;
+                self.symbolize(&mut stall, Some(&mut second), until);
+                self.refresh(&mut stall, Some(&second), Some(at));
+                path = self.write(&mut stall).or(path);
+            }
             tracing::warn!(
                 runtime = %stall.report.runtime,
                 report = %path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(stderr)".into()),

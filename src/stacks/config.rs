@@ -15,6 +15,9 @@ pub const MIN_STACK_BYTES: usize = 16 * 1024;
 pub const MAX_STACK_BYTES: usize = 1024 * 1024;
 /// Longest accepted [`CaptureConfig::per_thread_timeout`].
 pub const MAX_PER_THREAD_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest accepted [`CaptureConfig::budget`] and
+/// [`CaptureConfig::symbolize_budget`].
+pub const MAX_BUDGET: Duration = Duration::from_secs(10);
 
 /// How stacks are captured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +34,15 @@ pub struct CaptureConfig {
     /// answers in microseconds once scheduled, and a loaded machine may take
     /// tens of milliseconds to schedule it).
     pub per_thread_timeout: Duration,
+    /// Total wall time one capture of many threads may take (default
+    /// 200 ms; more than zero, at most 10 s). The diagnostics never give a
+    /// capture more than half the time left before systemd's deadline.
+    /// Threads not reached within it are reported with the reason.
+    pub budget: Duration,
+    /// Wall time the DWARF pass (files, lines, inlined functions) of one
+    /// report may take (default 1 s; more than zero, at most 10 s). The
+    /// first report is written before it, from symbol-table names only.
+    pub symbolize_budget: Duration,
 }
 
 impl Default for CaptureConfig {
@@ -39,6 +51,8 @@ impl Default for CaptureConfig {
             signal: default_signal(),
             max_stack_bytes: 128 * 1024,
             per_thread_timeout: Duration::from_millis(50),
+            budget: Duration::from_millis(200),
+            symbolize_budget: Duration::from_secs(1),
         }
     }
 }
@@ -86,6 +100,17 @@ impl CaptureConfig {
                     self.per_thread_timeout
                 ),
             });
+        }
+        for (setting, value) in [
+            ("capture_budget", self.budget),
+            ("symbolize_budget", self.symbolize_budget),
+        ] {
+            if value.is_zero() || value > MAX_BUDGET {
+                return Err(Error::InvalidSetting {
+                    setting,
+                    reason: format!("{value:?} is outside (0, {MAX_BUDGET:?}]"),
+                });
+            }
         }
         Ok(())
     }

