@@ -136,12 +136,49 @@ impl Builder {
         self
     }
 
-    /// Whether one stuck worker counts as a stall of its runtime: pings
-    /// held back, `/healthz` unhealthy, a report written (default: yes).
-    /// When off, a stuck worker is still logged, counted in
-    /// `loopwatch_worker_stuck` and named in reports.
+    /// Whether a stuck worker can ever make loopwatch withhold pings
+    /// (default: yes, after [`worker_stuck_limit`](Self::worker_stuck_limit)).
+    ///
+    /// Either way a stuck worker is reported at once: logged ("worker N of
+    /// event loop ... stuck"), counted, `loopwatch_worker_stuck` set, a
+    /// report written. `false` never withholds pings for it (only a stalled
+    /// probe does); `true` restores the default limit.
     pub fn worker_stuck_is_stall(mut self, on: bool) -> Self {
-        self.requested.worker_stuck_is_stall = on;
+        self.requested.worker_stuck_limit =
+            on.then_some(crate::settings::DEFAULT_WORKER_STUCK_LIMIT);
+        self
+    }
+
+    /// How long one worker of a multi-thread runtime may stay stuck in a
+    /// poll, while the other workers still answer the probe, before
+    /// loopwatch withholds pings (`/healthz` 503, systemd restarts the
+    /// service). Default 30 s: a stuck worker degrades the runtime (tasks
+    /// queued behind it wait; the others steal most of its work) but does
+    /// not stop it, and a restart drops every in-flight request — so a
+    /// slow blocking call rides through, while a worker wedged for good is
+    /// restarted within a minute. A stalled probe (the whole loop stuck)
+    /// withholds pings at once, whatever this limit.
+    pub fn worker_stuck_limit(mut self, limit: Duration) -> Self {
+        self.requested.worker_stuck_limit = Some(limit);
+        self
+    }
+
+    /// How long after a full stall report a new stall of the same runtime
+    /// that looks the same (verdict and culprit, from a cheap capture of the
+    /// loop thread alone) is only counted and listed in that report's
+    /// occurrences instead of getting a full capture and report of its own
+    /// (default 60 s). Every stall is still counted in
+    /// `loopwatch_stalls_total`; coalesced ones also in
+    /// `loopwatch_stalls_coalesced_total`.
+    pub fn storm_cool_down(mut self, cool_down: Duration) -> Self {
+        self.requested.storm_cool_down = cool_down;
+        self
+    }
+
+    /// Most full stall reports per runtime per hour (default 10); stalls
+    /// beyond are counted and listed in the latest report's occurrences.
+    pub fn max_reports_per_hour(mut self, n: u32) -> Self {
+        self.requested.reports_per_hour = n;
         self
     }
 

@@ -40,12 +40,24 @@ pub const MIN_STALL_THRESHOLD: Duration = Duration::from_millis(10);
 /// computation far from overflow.
 pub const MAX_DURATION_SETTING: Duration = Duration::from_secs(24 * 3600);
 
+/// How long a stall of the same runtime that looks the same as the previous
+/// full report is coalesced into it instead of getting a report of its own.
+pub const DEFAULT_STORM_COOL_DOWN: Duration = Duration::from_secs(60);
+/// Full stall reports per runtime per hour; stalls beyond are counted and
+/// listed in the latest report instead.
+pub const DEFAULT_REPORTS_PER_HOUR: u32 = 10;
+/// How long one worker of a multi-thread runtime may be stuck, while the
+/// others still answer the probe, before pings are withheld.
+pub const DEFAULT_WORKER_STUCK_LIMIT: Duration = Duration::from_secs(30);
+
 /// The settings as the application gave them to the builder.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Requested {
     pub stall_threshold: Option<Duration>,
     pub probe_interval: Option<Duration>,
-    pub worker_stuck_is_stall: bool,
+    /// How long a stuck worker may stay stuck before pings are withheld;
+    /// `None`: never.
+    pub worker_stuck_limit: Option<Duration>,
     pub report_dir: ReportDirSetting,
     pub keep_reports: usize,
     /// Stack capture settings; `None` turns capture off.
@@ -54,6 +66,8 @@ pub(crate) struct Requested {
     pub trigger_watchdog: bool,
     /// Where to serve `/metrics` and `/healthz`, if anywhere.
     pub metrics_addr: Option<String>,
+    pub storm_cool_down: Duration,
+    pub reports_per_hour: u32,
 }
 
 impl Default for Requested {
@@ -61,13 +75,15 @@ impl Default for Requested {
         Requested {
             stall_threshold: None,
             probe_interval: None,
-            worker_stuck_is_stall: true,
+            worker_stuck_limit: Some(DEFAULT_WORKER_STUCK_LIMIT),
             report_dir: ReportDirSetting::Default,
             keep_reports: DEFAULT_KEEP_REPORTS,
             capture: Some(CaptureConfig::default()),
             deadline_margin: None,
             trigger_watchdog: false,
             metrics_addr: None,
+            storm_cool_down: DEFAULT_STORM_COOL_DOWN,
+            reports_per_hour: DEFAULT_REPORTS_PER_HOUR,
         }
     }
 }
@@ -85,6 +101,10 @@ pub(crate) struct DiagnosticsConfig {
     pub deadline_margin: Duration,
     /// Send `WATCHDOG=trigger` after the report before the deadline.
     pub trigger_watchdog: bool,
+    /// Coalescing window after a full report.
+    pub storm_cool_down: Duration,
+    /// Full reports per runtime per hour.
+    pub reports_per_hour: u32,
 }
 
 /// Validated, resolved settings.
@@ -97,7 +117,9 @@ pub(crate) struct Settings {
     pub watchdog: Option<Duration>,
     pub pid: u32,
     pub diagnostics: DiagnosticsConfig,
-    pub worker_stuck_is_stall: bool,
+    /// How long a stuck worker may stay stuck before pings are withheld;
+    /// `None`: never.
+    pub worker_stuck_limit: Option<Duration>,
     /// Where to serve `/metrics` and `/healthz`, if anywhere.
     pub metrics_addr: Option<String>,
 }
@@ -133,6 +155,8 @@ impl Settings {
             ("stall_threshold", Some(threshold)),
             ("probe_interval", r.probe_interval),
             ("deadline_margin", r.deadline_margin),
+            ("worker_stuck_limit", r.worker_stuck_limit),
+            ("storm_cool_down", Some(r.storm_cool_down)),
         ] {
             if let Some(value) = value.filter(|v| *v > MAX_DURATION_SETTING) {
                 return Err(Error::InvalidSetting {
@@ -173,6 +197,12 @@ impl Settings {
                 });
             }
         }
+        if r.reports_per_hour == 0 {
+            return Err(Error::InvalidSetting {
+                setting: "max_reports_per_hour",
+                reason: "must allow at least one report an hour".into(),
+            });
+        }
         if r.keep_reports == 0 {
             return Err(Error::InvalidSetting {
                 setting: "keep_reports",
@@ -199,6 +229,8 @@ impl Settings {
             capture: r.capture.clone(),
             deadline_margin,
             trigger_watchdog: r.trigger_watchdog,
+            storm_cool_down: r.storm_cool_down,
+            reports_per_hour: r.reports_per_hour,
         };
         Ok(Arc::new(Settings {
             threshold,
@@ -207,7 +239,7 @@ impl Settings {
             watchdog,
             pid,
             diagnostics,
-            worker_stuck_is_stall: r.worker_stuck_is_stall,
+            worker_stuck_limit: r.worker_stuck_limit,
             metrics_addr: r.metrics_addr.clone(),
         }))
     }

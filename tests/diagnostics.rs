@@ -176,6 +176,8 @@ fn watched(dir: &Path, keep: usize) -> (tokio::runtime::Runtime, Watchdog) {
         .probe_interval(Duration::from_millis(10))
         .report_dir(dir)
         .keep_reports(keep)
+        // Every stall gets a report of its own here: no storm coalescing.
+        .storm_cool_down(Duration::ZERO)
         .watch("main", rt.handle().clone())
         .start()
         .expect("start");

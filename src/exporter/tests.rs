@@ -340,6 +340,7 @@ fn answers_while_a_watched_runtime_is_blocked() {
     )
     .unwrap();
     metrics.stall_started(0);
+    metrics.set_stalled(0, true);
     let health: HealthFn =
         Arc::new(|| Health::Unhealthy("event loop \"main\" stalled for 1.0 s".into()));
     let exporter =

@@ -148,6 +148,7 @@ impl Collector for LoopwatchCollector {
         d.extend(f.threshold.desc());
         d.extend(f.stalled.desc());
         d.extend(f.stalls.desc());
+        d.extend(f.stalls_coalesced.desc());
         d.extend(f.stall_duration.desc());
         d.extend(f.stalls_by_verdict.desc());
         d.extend(f.pings.desc());
@@ -173,6 +174,7 @@ impl Collector for LoopwatchCollector {
         out.extend(f.threshold.collect());
         out.extend(f.stalled.collect());
         out.extend(f.stalls.collect());
+        out.extend(f.stalls_coalesced.collect());
         out.extend(f.stall_duration.collect());
         out.extend(f.stalls_by_verdict.collect());
         out.extend(f.pings.collect());

@@ -88,6 +88,7 @@ pub(super) struct Families {
     pub(super) threshold: Gauge,
     pub(super) stalled: IntGaugeVec,
     pub(super) stalls: IntCounterVec,
+    pub(super) stalls_coalesced: IntCounterVec,
     pub(super) stall_duration: HistogramVec,
     pub(super) stalls_by_verdict: IntCounterVec,
     pub(super) pings: IntCounterVec,
@@ -144,6 +145,15 @@ impl Families {
                 Opts::new(
                     "loopwatch_stalls_total",
                     "Stalls detected since start (counted when the stall is declared).",
+                ),
+                rt,
+            )?,
+            stalls_coalesced: IntCounterVec::new(
+                Opts::new(
+                    "loopwatch_stalls_coalesced_total",
+                    "Stalls (also counted in loopwatch_stalls_total) that got no report of their \
+                     own: they looked like a recent one, or came past the hourly report budget, and \
+                     were listed in an earlier report's occurrences.",
                 ),
                 rt,
             )?,

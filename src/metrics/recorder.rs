@@ -27,6 +27,7 @@ struct RuntimeChildren {
     lag: Gauge,
     stalled: IntGauge,
     stalls: IntCounter,
+    stalls_coalesced: IntCounter,
     stall_duration: Histogram,
     /// Indexed like [`VERDICTS`].
     by_verdict: Vec<IntCounter>,
@@ -82,6 +83,7 @@ impl Metrics {
                 lag: families.lag.with_label_values(rt),
                 stalled: families.stalled.with_label_values(rt),
                 stalls: families.stalls.with_label_values(rt),
+                stalls_coalesced: families.stalls_coalesced.with_label_values(rt),
                 stall_duration: families.stall_duration.with_label_values(rt),
                 by_verdict: VERDICTS
                     .iter()
@@ -137,11 +139,17 @@ impl Metrics {
         }
     }
 
-    /// A stall was declared: counts it and sets `loopwatch_stalled` to 1.
+    /// A stall (an incident, whatever its causes) was declared: counts it.
     pub(crate) fn stall_started(&self, runtime: usize) {
         if let Some(rt) = self.runtimes.get(runtime) {
             rt.stalls.inc();
-            rt.stalled.set(1);
+        }
+    }
+
+    /// A stall was coalesced into an earlier report.
+    pub(crate) fn stall_coalesced(&self, runtime: usize) {
+        if let Some(rt) = self.runtimes.get(runtime) {
+            rt.stalls_coalesced.inc();
         }
     }
 

@@ -1,23 +1,66 @@
-//! What the monitor does when a runtime stalls or recovers, or when one of
-//! its workers gets stuck or moves again.
+//! Incidents: one story per stall of a runtime, whatever its causes.
 //!
-//! Each transition is said once in the log, counted in the metrics, handed
-//! to the diagnostics (capture, verdict, report) and passed to the
-//! application's `on_stall` callback, whose panics are caught here. The
-//! transitions themselves are decided elsewhere ([`health`](crate::health)
-//! for probes, [`hooks`](crate::hooks) for workers).
+//! A runtime's incident opens when its probe stalls or one of its workers
+//! gets stuck, and closes when every cause has ended. However many causes
+//! come and go in between (the probe of a hooked runtime stalls while its
+//! workers are stuck, a second worker gets stuck), it is **one** incident:
+//! counted once (`loopwatch_stalls_total`), one report, one callback pair
+//! ([`StallEvent::Started`]/[`StallEvent::Ended`] when the probe opened it,
+//! [`StallEvent::WorkerStuck`]/[`StallEvent::WorkerRecovered`] when a
+//! worker did).
+//!
+//! An incident withholds pings (and makes `/healthz` unhealthy, and
+//! `loopwatch_stalled` 1) while its probe is stalled, or while a worker has
+//! been stuck longer than the worker-stuck limit; a stuck worker is
+//! reported at once but, while the other workers still answer the probe,
+//! only withholds pings after that limit. Each change is said once in the
+//! log and handed to the diagnostics; the application's callback's panics
+//! are caught here. The transitions themselves are decided elsewhere
+//! ([`health`](crate::health) for probes, [`hooks`](crate::hooks) for
+//! workers).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::Monitor;
-use crate::clock::{self, us};
-use crate::diagnostics::{Outcome, StallContext};
-use crate::health::{StallTrack, Transition};
-use crate::hooks::{WorkerTransition, WorkerWatch};
+use crate::clock::{self, micros, us};
+use crate::diagnostics::IncidentContext;
+use crate::health::Transition;
+use crate::hooks::{StuckTask, WorkerTransition, WorkerWatch};
 use crate::notify::NotifyState;
 use crate::status::{human, StallEvent};
+
+/// What opened an incident; its callback pair follows from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum OpenedBy {
+    /// The probe went unanswered: the whole loop stalled.
+    Probe,
+    /// A worker got stuck while the probe was answered.
+    Worker {
+        /// tokio's index of the worker.
+        worker: usize,
+        /// The task it was stuck polling (`tokio_unstable` only).
+        task: Option<StuckTask>,
+    },
+}
+
+/// A runtime's stall in progress.
+#[derive(Debug, Clone)]
+pub(crate) struct Incident {
+    /// When its first cause began (µs clock).
+    pub started_at: u64,
+    pub opened_by: OpenedBy,
+    /// Whether the probe is stalled now.
+    pub probe_stalled: bool,
+    /// Whether it withholds pings now.
+    pub withholds: bool,
+    /// Coalesced into an earlier report (a stall storm).
+    pub coalesced: bool,
+    /// The report file, once written.
+    pub report: Option<PathBuf>,
+}
 
 impl Monitor {
     pub(super) fn on_transition(&mut self, i: usize, t: Transition, now: u64) {
@@ -32,41 +75,26 @@ impl Monitor {
                     "event loop {name:?} stalled: probe unanswered for {}",
                     human(lag)
                 );
-                self.send_status(now);
-                self.metrics.stall_started(i);
-                // Say it (status(), /healthz) before the diagnostics' work.
-                self.publish(now);
-                let outcome = self.diagnose(i, i, track, now);
-                if let Some(kind) = outcome.verdict {
-                    self.metrics.stall_classified(i, kind.as_str());
+                match &mut self.loops[i].incident {
+                    Some(incident) => {
+                        incident.probe_stalled = true;
+                        let stuck = self.stuck_workers(i, now);
+                        self.update_withholding(i, now);
+                        let outcome = self.diag.causes_changed(i, &stuck, true, now);
+                        self.after_report(&outcome);
+                    }
+                    None => self.open(i, OpenedBy::Probe, track.started_at, track.max_lag, now),
                 }
-                self.after_report(&outcome);
-                self.callback(StallEvent::Started {
-                    runtime: name,
-                    lag,
-                    threshold: us(self.threshold),
-                    detected_at: SystemTime::now() - us(clock::now_us().saturating_sub(now)),
-                    report: outcome.report,
-                });
             }
-            Transition::StallEnded {
-                duration, ended_at, ..
-            } => {
-                self.metrics.stall_ended(i, us(duration));
-                let outcome = self.diag.stall_ended(i, duration, ended_at);
-                tracing::warn!(
-                    runtime = %name,
-                    duration = %human(us(duration)),
-                    "event loop {name:?} recovered after {}",
-                    human(us(duration))
-                );
-                self.callback(StallEvent::Ended {
-                    runtime: name,
-                    duration: us(duration),
-                    report: outcome.report,
-                });
+            Transition::StallEnded { ended_at, .. } => {
+                if let Some(incident) = &mut self.loops[i].incident {
+                    incident.probe_stalled = false;
+                }
+                self.update_withholding(i, now);
+                self.close_if_over(i, ended_at);
             }
             Transition::Gone => {
+                self.loops[i].incident = None;
                 self.metrics.set_stalled(i, false);
                 if !self.shared.stop.load(Ordering::Acquire) {
                     tracing::warn!(
@@ -84,9 +112,7 @@ impl Monitor {
 
     /// A worker of runtime `i` got stuck or moved again.
     pub(super) fn on_worker_transition(&mut self, i: usize, t: WorkerTransition, now: u64) {
-        let n = self.loops.len();
         let name = self.loops[i].name.clone();
-        let counts = self.shared.settings.worker_stuck_is_stall;
         match t {
             WorkerTransition::Stuck(stuck) => {
                 self.metrics.set_worker_stuck(i, stuck.worker, true);
@@ -100,35 +126,28 @@ impl Monitor {
                     runtime = %name,
                     worker = stuck.worker,
                     tids = ?stuck.tids,
-                    "worker {} of event loop {name:?} stuck for {}{task}",
+                    "worker {} of event loop {name:?} stuck for {}{task} (the other workers \
+                     still run; pings are withheld only if it stays stuck for {})",
                     stuck.worker,
-                    human(stuck_for)
+                    human(stuck_for),
+                    self.worker_limit_text()
                 );
-                let mut report = None;
-                if counts && self.loops[i].worker_stall.is_none() {
-                    self.loops[i].worker_stall = Some(stuck.stuck_since);
-                    self.metrics.stall_started(i);
-                    self.publish(now);
-                    let track = StallTrack {
-                        started_at: stuck.stuck_since,
-                        detected_at: now,
-                        max_lag: now.saturating_sub(stuck.stuck_since),
-                    };
-                    let outcome = self.diagnose(n + i, i, track, now);
-                    if let Some(kind) = outcome.verdict {
-                        self.metrics.stall_classified(i, kind.as_str());
-                    }
+                if self.loops[i].incident.is_some() {
+                    let stuck = self.stuck_workers(i, now);
+                    let probe = self.loops[i]
+                        .incident
+                        .as_ref()
+                        .is_some_and(|c| c.probe_stalled);
+                    let outcome = self.diag.causes_changed(i, &stuck, probe, now);
                     self.after_report(&outcome);
-                    report = outcome.report;
-                    self.send_status(now);
+                } else {
+                    let opened_by = OpenedBy::Worker {
+                        worker: stuck.worker,
+                        task: stuck.task.clone(),
+                    };
+                    self.open(i, opened_by, stuck.stuck_since, micros(stuck_for), now);
                 }
-                self.callback(StallEvent::WorkerStuck {
-                    runtime: name,
-                    worker: stuck.worker,
-                    stuck_for,
-                    task: stuck.task.clone(),
-                    report,
-                });
+                self.update_withholding(i, now);
             }
             WorkerTransition::Recovered {
                 stuck,
@@ -147,79 +166,209 @@ impl Monitor {
                     .workers
                     .as_ref()
                     .is_some_and(WorkerWatch::any_stuck);
-                let mut report = None;
-                if let (Some(since), false) = (self.loops[i].worker_stall, still_stuck) {
-                    self.loops[i].worker_stall = None;
-                    let duration = ended_at.saturating_sub(since);
-                    self.metrics.stall_ended(i, us(duration));
-                    report = self.diag.stall_ended(n + i, duration, ended_at).report;
+                if still_stuck {
+                    let stuck = self.stuck_workers(i, now);
+                    let probe = self.loops[i]
+                        .incident
+                        .as_ref()
+                        .is_some_and(|c| c.probe_stalled);
+                    let outcome = self.diag.causes_changed(i, &stuck, probe, now);
+                    self.after_report(&outcome);
                 }
-                self.callback(StallEvent::WorkerRecovered {
-                    runtime: name,
-                    worker: stuck.worker,
-                    stuck_for: us(stuck_for),
-                    report,
-                });
+                self.update_withholding(i, now);
+                self.close_if_over(i, ended_at);
             }
         }
     }
 
-    /// Hands a new stall to the diagnostics.
-    /// `slot` is the diagnostics slot: `i` for a probe stall, runtimes + `i`
-    /// for a worker stall of runtime `i`.
-    fn diagnose(&mut self, slot: usize, i: usize, track: StallTrack, now: u64) -> Outcome {
-        let w = &self.loops[i];
-        let worker_stall = slot != i;
-        let stuck_workers = match (&w.workers, worker_stall) {
-            (Some(ww), true) => ww.stuck_workers(now),
-            _ => Vec::new(),
-        };
-        // The stuck workers' threads first: their stacks are captured first.
-        let mut loop_tids: Vec<i32> = stuck_workers.iter().flat_map(|s| s.tids.clone()).collect();
-        if !worker_stall {
-            loop_tids.extend(w.probe.poller_tid());
+    /// The worker-stuck limit as words, for messages.
+    fn worker_limit_text(&self) -> String {
+        match self.shared.settings.worker_stuck_limit {
+            Some(l) => human(l),
+            None => "ever (worker_stuck_is_stall is off)".into(),
         }
-        if !worker_stall {
-            // Threads that run the runtime: registered by the hooks, or
-            // recognised by tokio's default worker name.
-            if let Some(h) = &w.hooks {
-                loop_tids.extend(h.worker_threads());
-            }
-            for tid in crate::procfs::list_threads() {
-                if !loop_tids.contains(&tid)
-                    && crate::procfs::read_thread(tid)
-                        .is_some_and(|f| f.name.starts_with("tokio-runtime-w"))
-                {
-                    loop_tids.push(tid);
-                }
-            }
-            loop_tids.dedup();
-        }
-        let monitor_gap: u64 = self
-            .gaps
-            .iter()
-            .map(|g| {
-                let from = g.from.max(track.started_at);
-                g.to.min(now).saturating_sub(from)
-            })
-            .sum();
+    }
+
+    /// The stuck workers of runtime `i` as of `now`.
+    fn stuck_workers(&self, i: usize, now: u64) -> Vec<crate::hooks::StuckWorker> {
+        self.loops[i]
+            .workers
+            .as_ref()
+            .map(|ww| ww.stuck_workers(now))
+            .unwrap_or_default()
+    }
+
+    /// Opens an incident on runtime `i`: counted, said, diagnosed, passed
+    /// to the callback.
+    fn open(&mut self, i: usize, opened_by: OpenedBy, started_at: u64, max_lag: u64, now: u64) {
+        let probe_stalled = opened_by == OpenedBy::Probe;
+        self.loops[i].incident = Some(Incident {
+            started_at,
+            opened_by: opened_by.clone(),
+            probe_stalled,
+            withholds: false,
+            coalesced: false,
+            report: None,
+        });
+        self.metrics.stall_started(i);
+        self.update_withholding(i, now);
+        self.send_status(now);
+        // Say it (status(), /healthz) before the diagnostics' work.
+        self.publish(now);
+        let stuck_workers = self.stuck_workers(i, now);
+        let monitor_gap = self.monitor_gap_since(started_at, now);
         let deadline = self.deadline();
-        let ctx = StallContext {
-            idx: slot,
-            stuck_workers,
+        let w = &self.loops[i];
+        let poller = if probe_stalled {
+            w.probe.poller_tid()
+        } else {
+            stuck_workers
+                .iter()
+                .flat_map(|s| s.tids.first())
+                .copied()
+                .next()
+        };
+        let ctx = IncidentContext {
+            idx: i,
             runtime: &w.name,
-            track,
+            started_at,
+            detected_at: now,
+            max_lag,
             now,
+            stuck_workers,
+            probe_stalled,
             timeline: &w.tracker.timeline,
-            loop_tids,
-            monitor_gap: us(monitor_gap),
+            poller,
+            hook_threads: w
+                .hooks
+                .as_ref()
+                .map(|h| h.worker_threads())
+                .unwrap_or_default(),
+            monitor_gap,
             handle: &w.handle,
             deadline,
         };
-        self.diag.stall_started(ctx)
+        let outcome = self.diag.incident_started(ctx);
+        if let Some(kind) = outcome.verdict {
+            self.metrics.stall_classified(i, kind.as_str());
+        }
+        self.after_report(&outcome);
+        if let Some(incident) = &mut self.loops[i].incident {
+            incident.coalesced = outcome.coalesced;
+            incident.report = outcome.report.clone();
+        }
+        let runtime = self.loops[i].name.clone();
+        let event = match opened_by {
+            OpenedBy::Probe => StallEvent::Started {
+                runtime,
+                lag: us(now.saturating_sub(started_at).max(max_lag)),
+                threshold: us(self.threshold),
+                detected_at: SystemTime::now() - us(clock::now_us().saturating_sub(now)),
+                report: outcome.report,
+            },
+            OpenedBy::Worker { worker, task } => StallEvent::WorkerStuck {
+                runtime,
+                worker,
+                stuck_for: us(now.saturating_sub(started_at)),
+                task,
+                report: outcome.report,
+            },
+        };
+        self.callback(event);
     }
 
-    fn callback(&mut self, event: StallEvent) {
+    /// Closes runtime `i`'s incident when no cause is left: the report
+    /// says recovered, the callback gets the end of its pair.
+    fn close_if_over(&mut self, i: usize, ended_at: u64) {
+        let over = self.loops[i].incident.as_ref().is_some_and(|c| {
+            !c.probe_stalled
+                && !self.loops[i]
+                    .workers
+                    .as_ref()
+                    .is_some_and(WorkerWatch::any_stuck)
+        });
+        if !over {
+            return;
+        }
+        let Some(incident) = self.loops[i].incident.take() else {
+            return;
+        };
+        let name = self.loops[i].name.clone();
+        let duration = ended_at.saturating_sub(incident.started_at);
+        self.metrics.stall_ended(i, us(duration));
+        let outcome = self.diag.incident_ended(i, duration, ended_at);
+        let report = outcome.report.or(incident.report);
+        let event = match incident.opened_by {
+            OpenedBy::Probe => {
+                tracing::warn!(
+                    runtime = %name,
+                    duration = %human(us(duration)),
+                    "event loop {name:?} recovered after {}",
+                    human(us(duration))
+                );
+                StallEvent::Ended {
+                    runtime: name,
+                    duration: us(duration),
+                    report,
+                }
+            }
+            OpenedBy::Worker { worker, .. } => StallEvent::WorkerRecovered {
+                runtime: name,
+                worker,
+                stuck_for: us(duration),
+                report,
+            },
+        };
+        self.callback(event);
+    }
+
+    /// Whether runtime `i`'s incident withholds pings at `now`: its probe
+    /// is stalled, or a worker has been stuck longer than the limit. Keeps
+    /// `loopwatch_stalled` in step and says when it starts withholding.
+    pub(super) fn update_withholding(&mut self, i: usize, now: u64) {
+        let limit = self.shared.settings.worker_stuck_limit.map(micros);
+        let w = &self.loops[i];
+        let Some(incident) = &w.incident else {
+            return;
+        };
+        let worker_over_limit = match (limit, &w.workers) {
+            (Some(limit), Some(ww)) => ww
+                .stuck()
+                .find(|s| now.saturating_sub(s.stuck_since) > limit)
+                .map(|s| s.worker),
+            _ => None,
+        };
+        let withholds = incident.probe_stalled || worker_over_limit.is_some();
+        if withholds == incident.withholds {
+            return;
+        }
+        if let (Some(worker), false) = (worker_over_limit, incident.probe_stalled) {
+            tracing::error!(
+                runtime = %w.name,
+                worker,
+                "worker {worker} of event loop {:?} has been stuck longer than the worker-stuck \
+                 limit ({}): loopwatch withholds watchdog pings now",
+                w.name,
+                self.worker_limit_text()
+            );
+        }
+        if let Some(incident) = &mut self.loops[i].incident {
+            incident.withholds = withholds;
+        }
+        self.metrics.set_stalled(i, withholds);
+    }
+
+    /// How long the monitor itself was not scheduled since `from`.
+    fn monitor_gap_since(&self, from: u64, now: u64) -> Duration {
+        let gap: u64 = self
+            .gaps
+            .iter()
+            .map(|g| g.to.min(now).saturating_sub(g.from.max(from)))
+            .sum();
+        us(gap)
+    }
+
+    pub(super) fn callback(&mut self, event: StallEvent) {
         let Some(cb) = &self.on_stall else { return };
         if catch_unwind(AssertUnwindSafe(|| cb(&event))).is_err() {
             self.callback_panics += 1;

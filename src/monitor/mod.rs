@@ -111,8 +111,8 @@ pub(crate) struct Watched {
     pub workers: Option<WorkerWatch>,
     /// The hooks, for the list of worker threads.
     pub hooks: Option<RuntimeHooks>,
-    /// Since when some worker has been stuck (a worker stall in progress).
-    pub worker_stall: Option<u64>,
+    /// The runtime's stall in progress, whatever its causes.
+    pub incident: Option<incidents::Incident>,
 }
 
 /// A stretch of time during which the monitor thread was not running.
@@ -169,7 +169,7 @@ impl Monitor {
                     .clone()
                     .map(|h| WorkerWatch::new(h, handle.clone(), threshold)),
                 hooks,
-                worker_stall: None,
+                incident: None,
                 handle,
             })
             .collect();
@@ -374,7 +374,7 @@ impl Monitor {
                 ProbeReading::Waiting { woken_at }
                     if w.tracker.stall.is_none() && now >= woken_at + self.threshold / 2 =>
                 {
-                    self.diag.presample(i, woken_at, now)
+                    self.diag.presample(i, woken_at, now, w.probe.poller_tid())
                 }
                 _ => {}
             }
@@ -391,6 +391,10 @@ impl Monitor {
         for (i, t) in worker_events {
             self.on_worker_transition(i, t, now);
         }
+        // A worker may pass the worker-stuck limit between transitions.
+        for i in 0..self.loops.len() {
+            self.update_withholding(i, now);
+        }
         for outcome in self.diag.tick(now) {
             self.after_report(&outcome);
         }
@@ -400,11 +404,12 @@ impl Monitor {
         self.publish(now);
     }
 
+    /// True when no runtime withholds pings: no stalled probe, no worker
+    /// stuck beyond the limit.
     fn all_healthy(&self) -> bool {
-        let counts = self.shared.settings.worker_stuck_is_stall;
-        self.loops
-            .iter()
-            .all(|w| w.tracker.state.is_healthy() && !(counts && w.worker_stall.is_some()))
+        self.loops.iter().all(|w| {
+            w.tracker.state.is_healthy() && !w.incident.as_ref().is_some_and(|c| c.withholds)
+        })
     }
 
     /// When the monitor next has something to do.

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::procfs::ProcessFacts;
 use crate::stacks::{CaptureOutcome, Frame};
-use crate::verdict::{Culprit, Verdict};
+use crate::verdict::{Culprit, Verdict, VerdictKind};
 
 /// The version of the report's JSON format that this loopwatch writes.
 /// It grows when a field changes meaning or a reader would misread a new
@@ -81,6 +81,39 @@ pub struct StallReport {
     pub process: ProcessFacts,
     /// Notes about the report itself (a failed capture, a skipped step).
     pub notes: Vec<String>,
+    /// Later stalls of the same runtime that looked the same (or came past
+    /// the hourly report budget) and were coalesced into this report
+    /// instead of getting one of their own, oldest first; at most 1000 are
+    /// listed.
+    #[serde(default)]
+    pub occurrences: Vec<Occurrence>,
+    /// How many stalls were coalesced into this report (listed or not).
+    #[serde(default)]
+    pub coalesced_stalls: u64,
+}
+
+/// A later stall coalesced into a report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Occurrence {
+    /// When it started (RFC 3339).
+    pub start: String,
+    /// How long it lasted, once it ended (seconds).
+    pub duration_seconds: Option<f64>,
+    /// Its verdict, from a cheap capture of the loop thread alone.
+    pub verdict: VerdictKind,
+    /// Its culprit function, if one was found.
+    pub culprit: Option<String>,
+}
+
+impl Default for Occurrence {
+    fn default() -> Self {
+        Occurrence {
+            start: String::new(),
+            duration_seconds: None,
+            verdict: VerdictKind::Unknown,
+            culprit: None,
+        }
+    }
 }
 
 /// When things happened.
@@ -221,6 +254,46 @@ impl StallReport {
     /// The report as pretty JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+#[cfg(test)]
+impl StallReport {
+    /// A report with nothing in it, for unit tests of what builds on one.
+    pub(crate) fn empty_for_tests() -> StallReport {
+        StallReport {
+            id: "test".into(),
+            format_version: REPORT_FORMAT_VERSION,
+            loopwatch_version: env!("CARGO_PKG_VERSION").into(),
+            runtime: "main".into(),
+            recovered: false,
+            duration_seconds: None,
+            stalled_for_seconds: 0.0,
+            lag_at_detection_seconds: 0.0,
+            times: ReportTimes::default(),
+            thresholds: Thresholds {
+                stall_threshold_seconds: 1.0,
+                probe_interval_seconds: 0.1,
+                watchdog_seconds: None,
+                deadline_margin_seconds: 0.1,
+            },
+            verdict: Verdict {
+                kind: VerdictKind::Unknown,
+                summary: String::new(),
+                evidence: Vec::new(),
+            },
+            culprit: None,
+            stuck_workers: Vec::new(),
+            timeline: Vec::new(),
+            captures: Vec::new(),
+            threads: Vec::new(),
+            runtime_metrics: None,
+            metrics: String::new(),
+            process: crate::procfs::process_facts(),
+            notes: Vec::new(),
+            occurrences: Vec::new(),
+            coalesced_stalls: 0,
+        }
     }
 }
 

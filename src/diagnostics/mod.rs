@@ -1,0 +1,930 @@
+//! Stall diagnostics: captures, verdict and report for each incident.
+//!
+//! The monitor hands every incident (a runtime's stall, whatever its causes:
+//! its probe, its stuck workers) to [`Diagnostics`], which runs it through
+//! fixed steps, all on the monitor thread and none waiting on a runtime:
+//!
+//! 1. **presample** — when a probe is late by half the threshold, the CPU
+//!    time of every thread (of the loop thread only, during a storm) is
+//!    read from `/proc`, so that at detection the CPU used during the stall
+//!    is already known;
+//! 2. **detection** — within a storm's cool-down, a cheap capture of the
+//!    loop thread alone decides whether the stall looks like the previous
+//!    one; if so it is coalesced into that report ([`storm`]). Otherwise
+//!    every thread's stack is captured within the capture budget (loop
+//!    threads and stuck workers first), the verdict and the culprit are
+//!    decided from symbol-table names, and the report is written and
+//!    fsync'd at once; then the DWARF pass names files and lines, the
+//!    report is rewritten, and all symbolization state is released;
+//! 3. **samples** — until the second capture, the loop thread alone is
+//!    sampled a few times, so that a verdict rests on more than one look
+//!    even when the stall ends early;
+//! 4. **second capture** — close to systemd's deadline (last ping +
+//!    WatchdogSec − margin), or a second after detection without systemd,
+//!    the stacks are captured again; frames that did not move are marked
+//!    stuck, the verdict is refined and the report rewritten. Optionally
+//!    `WATCHDOG=trigger` follows;
+//! 5. **end** — the report is rewritten, marked recovered, with every
+//!    duration measured.
+//!
+//! Every version of the report on disk is complete; later versions replace
+//! earlier ones atomically. Gathering raw evidence is [`evidence`]'s job,
+//! assembling a new report [`assemble`]'s; the verdict itself is
+//! [`verdict`](crate::verdict)'s, writing files
+//! [`report_store`](crate::report_store)'s.
+
+mod assemble;
+mod evidence;
+mod storm;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::clock::{self, micros, us};
+use crate::hooks::StuckWorker;
+use crate::metrics::Metrics;
+use crate::procfs;
+use crate::report::{
+    group_threads, rfc3339, CaptureInfo, Occurrence, RuntimeMetricsSnapshot, StallReport,
+};
+use crate::report_store::ReportStore;
+use crate::settings::{DiagnosticsConfig, Settings};
+use crate::stacks::{Capture, CaptureOutcome, StackSampler, ThreadStack};
+use crate::status::human;
+use crate::verdict::{decide, Evidence, VerdictKind};
+use assemble::{new_report, wall, NewReport};
+use evidence::{cpu_delta, cpu_delta_from, cpu_sample, deadlock_cycles, CpuTimes};
+use storm::{Decision, StallKey, Storm};
+
+/// Most samples of the loop thread taken between detection and the second
+/// capture.
+const MAX_SAMPLES: usize = 8;
+/// Budget of one cheap capture of the loop thread alone.
+const CHEAP_CAPTURE_BUDGET: Duration = Duration::from_millis(20);
+
+/// What the monitor must do after a diagnostics step.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct Outcome {
+    /// The report's text file, when it is on disk.
+    pub report: Option<PathBuf>,
+    /// Ask systemd to act now (`WATCHDOG=trigger`).
+    pub trigger_watchdog: bool,
+    /// The verdict, after the detection step.
+    pub verdict: Option<VerdictKind>,
+    /// The stall was coalesced into an earlier report.
+    pub coalesced: bool,
+}
+
+/// What the monitor knows about an incident when it hands it over.
+pub(crate) struct IncidentContext<'a> {
+    /// The runtime's index.
+    pub idx: usize,
+    pub runtime: &'a str,
+    /// When the first cause began (µs clock).
+    pub started_at: u64,
+    /// When it was declared.
+    pub detected_at: u64,
+    /// The largest lag seen so far.
+    pub max_lag: u64,
+    pub now: u64,
+    /// Workers stuck now (runtimes watched with hooks).
+    pub stuck_workers: Vec<StuckWorker>,
+    /// Whether the probe is stalled (else only workers are stuck).
+    pub probe_stalled: bool,
+    pub timeline: &'a VecDeque<(u64, u64)>,
+    /// The thread that last polled the probe: one that runs the loop.
+    pub poller: Option<i32>,
+    /// The runtime's worker threads the hooks know of.
+    pub hook_threads: Vec<i32>,
+    /// How long the monitor itself was not scheduled during the stall.
+    pub monitor_gap: Duration,
+    pub handle: &'a tokio::runtime::Handle,
+    /// systemd's earliest deadline (µs clock), when pings are on.
+    pub deadline: Option<u64>,
+}
+
+/// A worker stuck during an incident: since when, and until when once it
+/// moves again (µs clock), so that every version of the report says how
+/// long it has been stuck.
+struct WorkerSpan {
+    info: StuckWorker,
+    since: u64,
+    until: Option<u64>,
+}
+
+/// A fully diagnosed incident in progress.
+struct ActiveStall {
+    report: StallReport,
+    key: StallKey,
+    workers: Vec<WorkerSpan>,
+    probe_stalled: bool,
+    loop_tids: Vec<i32>,
+    poller: Option<i32>,
+    monitor_gap: Duration,
+    lag: Duration,
+    queue_depth: Option<usize>,
+    first: Vec<ThreadStack>,
+    first_at: u64,
+    second: Option<(u64, Vec<ThreadStack>)>,
+    /// Samples of the loop thread alone (µs clock, stack), oldest first.
+    samples: Vec<(u64, ThreadStack)>,
+    next_sample: Option<u64>,
+    presample: Option<(u64, CpuTimes)>,
+    second_due: Option<u64>,
+    /// The DWARF pass of the latest capture is still to do (done on the
+    /// next tick, so that the monitor says the stall and calls back first).
+    symbolize_pending: bool,
+    /// systemd's earliest deadline (µs clock), when pings are on.
+    deadline: Option<u64>,
+    /// Lock cycles found by parking_lot's checker (reported once by it).
+    deadlock: Vec<String>,
+}
+
+/// An incident in progress, per runtime.
+enum Active {
+    Full(Box<ActiveStall>),
+    /// Coalesced into the kept report `kept` of the runtime's storm, as
+    /// its occurrence `occurrence` (when listed).
+    Coalesced {
+        kept: usize,
+        occurrence: Option<usize>,
+    },
+}
+
+/// CPU times of threads, taken while a probe was late: (the late probe's
+/// wake time, when sampled, CPU time per tid).
+type Presample = (u64, u64, CpuTimes);
+
+/// Counters the metrics read.
+#[derive(Debug, Default)]
+pub(crate) struct DiagnosticsCounters {
+    pub reports_written: AtomicU64,
+    pub reports_failed: AtomicU64,
+}
+
+/// Per-watchdog diagnostics state.
+pub(crate) struct Diagnostics {
+    settings: Arc<Settings>,
+    config: DiagnosticsConfig,
+    sampler: Option<Arc<StackSampler>>,
+    store: ReportStore,
+    active: Vec<Option<Active>>,
+    storms: Vec<Storm>,
+    presamples: Vec<Option<Presample>>,
+    seq: u64,
+    /// loopwatch's metrics: report and capture counters, and the text
+    /// snapshot in each report.
+    pub metrics: Option<Arc<Metrics>>,
+    /// The registry whose text goes into each report.
+    pub registry: Option<prometheus::Registry>,
+    pub counters: Arc<DiagnosticsCounters>,
+}
+
+impl Diagnostics {
+    /// Prepares capture (the signal handler only) and storage for
+    /// `runtimes` runtimes.
+    pub(crate) fn new(
+        settings: Arc<Settings>,
+        config: DiagnosticsConfig,
+        runtimes: usize,
+    ) -> crate::Result<Self> {
+        let sampler = match &config.capture {
+            Some(c) => Some(Arc::new(StackSampler::new(c.clone())?)),
+            None => None,
+        };
+        let store = ReportStore::new(config.report_dir.clone(), config.keep);
+        Ok(Diagnostics {
+            settings,
+            sampler,
+            store,
+            active: (0..runtimes).map(|_| None).collect(),
+            storms: (0..runtimes).map(|_| Storm::default()).collect(),
+            presamples: (0..runtimes).map(|_| None).collect(),
+            seq: 0,
+            metrics: None,
+            registry: None,
+            counters: Arc::default(),
+            config,
+        })
+    }
+
+    /// Warms the unwinder and symbolizer by capturing this process once, on
+    /// a short-lived thread of its own, so that the first real capture does
+    /// not pay for loading debug info (hundreds of ms for a debug binary)
+    /// and the monitor starts watching at once.
+    pub(crate) fn warm_up(&self) {
+        let Some(s) = self.sampler.clone() else {
+            return;
+        };
+        let spawned = std::thread::Builder::new()
+            .name("loopwatch-warmup".into())
+            .spawn(move || {
+                let t0 = clock::now_us();
+                let c = s.capture_all();
+                tracing::debug!(
+                    threads = c.threads.len(),
+                    took = %human(us(clock::now_us() - t0)),
+                    "loopwatch symbolizer warmed"
+                );
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "loopwatch could not warm its symbolizer; the first report will be slower");
+        }
+    }
+
+    /// The report directory, if reports go to files.
+    pub(crate) fn report_dir(&self) -> Option<&std::path::Path> {
+        self.store.dir()
+    }
+
+    fn cool_down(&self) -> u64 {
+        micros(self.config.storm_cool_down)
+    }
+
+    /// Step 1: samples CPU time for the late probe `woken_at` of runtime
+    /// `idx`: of every thread, or of the loop thread `poller` alone when
+    /// the stall will probably be coalesced into an earlier report.
+    pub(crate) fn presample(&mut self, idx: usize, woken_at: u64, now: u64, poller: Option<i32>) {
+        if self.presampled(idx, woken_at) {
+            return;
+        }
+        let cheap =
+            self.storms[idx].may_coalesce(now, self.cool_down(), self.config.reports_per_hour);
+        let tids = poller.filter(|_| cheap).map(|t| vec![t]);
+        self.presamples[idx] = Some((woken_at, now, cpu_sample(tids.as_deref())));
+    }
+
+    /// True when the late probe `woken_at` was already presampled.
+    pub(crate) fn presampled(&self, idx: usize, woken_at: u64) -> bool {
+        matches!(self.presamples[idx], Some((w, _, _)) if w == woken_at)
+    }
+
+    /// Captures `tids` in that order within `budget`: stacks when capture
+    /// is on, `/proc` facts only when it is off.
+    fn capture_threads(&self, tids: &[i32], budget: Duration) -> Capture {
+        match &self.sampler {
+            Some(s) => s.capture_within(tids, budget),
+            None => Capture {
+                threads: tids
+                    .iter()
+                    .map(|&tid| ThreadStack {
+                        tid,
+                        facts: procfs::read_thread(tid),
+                        outcome: CaptureOutcome::Failed,
+                        detail: Some("stack capture is off".into()),
+                        registers: None,
+                        stack_bytes: 0,
+                        frames: Vec::new(),
+                    })
+                    .collect(),
+                signal_duration: Duration::ZERO,
+                unwind_duration: Duration::ZERO,
+                symbolize_duration: Duration::ZERO,
+            },
+        }
+    }
+
+    /// Captures every thread, `first` ones first (stuck workers, then the
+    /// loop's threads), within the capture budget and never more than half
+    /// the time left before systemd's `deadline`.
+    fn capture(
+        &self,
+        reason: &str,
+        first: &[i32],
+        deadline: Option<u64>,
+    ) -> (Vec<ThreadStack>, Option<CaptureInfo>) {
+        let mut order: Vec<i32> = first.to_vec();
+        order.extend(
+            procfs::list_threads()
+                .into_iter()
+                .filter(|t| !first.contains(t)),
+        );
+        let c = self.capture_threads(&order, self.capture_budget(deadline));
+        if self.sampler.is_none() {
+            return (c.threads, None);
+        }
+        let total = c.signal_duration + c.unwind_duration + c.symbolize_duration;
+        if let Some(m) = &self.metrics {
+            m.capture_took(total);
+        }
+        let info = CaptureInfo {
+            reason: reason.to_string(),
+            at: rfc3339(SystemTime::now()),
+            threads: c.threads.len(),
+            unresponsive: c
+                .threads
+                .iter()
+                .filter(|t| t.outcome == CaptureOutcome::Unresponsive)
+                .count(),
+            signal_seconds: c.signal_duration.as_secs_f64(),
+            unwind_symbolize_seconds: (c.unwind_duration + c.symbolize_duration).as_secs_f64(),
+        };
+        (c.threads, Some(info))
+    }
+
+    /// The capture budget: the configured one, but never more than half the
+    /// time left before systemd's deadline (and at least 10 ms).
+    fn capture_budget(&self, deadline: Option<u64>) -> Duration {
+        let configured = self
+            .config
+            .capture
+            .as_ref()
+            .map_or(Duration::from_millis(200), |c| c.budget);
+        match deadline {
+            Some(d) => configured
+                .min(us(d.saturating_sub(clock::now_us()) / 2))
+                .max(Duration::from_millis(10)),
+            None => configured,
+        }
+    }
+
+    /// The loop thread alone, cheaply: one signal, symbol-table names.
+    fn sample_thread(&self, tid: i32) -> Option<ThreadStack> {
+        self.capture_threads(&[tid], CHEAP_CAPTURE_BUDGET)
+            .threads
+            .into_iter()
+            .next()
+    }
+
+    /// The second pass over a report's stacks: files, lines and inlined
+    /// functions from debug information, within the symbolization budget
+    /// (and never past `until`, a monotonic clock reading); then every bit
+    /// of symbolization state is released.
+    fn symbolize(&self, threads: &mut [ThreadStack], notes: &mut Vec<String>, until: Option<u64>) {
+        let (Some(sampler), Some(configured)) = (
+            &self.sampler,
+            self.config.capture.as_ref().map(|c| c.symbolize_budget),
+        ) else {
+            return;
+        };
+        let budget = match until {
+            Some(u) => configured.min(us(u.saturating_sub(clock::now_us()))),
+            None => configured,
+        };
+        let done = sampler.symbolize(threads, budget);
+        sampler.release();
+        if done.ran_out_of_time {
+            notes.push(format!(
+                "symbolization ran out of its {} budget: some frames show symbol-table names or addresses only",
+                human(budget)
+            ));
+        }
+        for n in done.notes {
+            if !notes.contains(&n) {
+                notes.push(n);
+            }
+        }
+    }
+
+    /// The loop's threads: the probe's poller, the workers the hooks know,
+    /// and threads named like tokio's workers (one `/proc` read per thread,
+    /// so only for a full report).
+    fn loop_threads(ctx: &IncidentContext<'_>) -> Vec<i32> {
+        let mut tids: Vec<i32> = ctx
+            .stuck_workers
+            .iter()
+            .flat_map(|s| s.tids.clone())
+            .collect();
+        if ctx.probe_stalled {
+            tids.extend(ctx.poller);
+            tids.extend(ctx.hook_threads.iter().copied());
+            for tid in procfs::list_threads() {
+                if !tids.contains(&tid)
+                    && procfs::read_thread(tid)
+                        .is_some_and(|f| f.name.starts_with("tokio-runtime-w"))
+                {
+                    tids.push(tid);
+                }
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        tids.retain(|t| seen.insert(*t));
+        tids
+    }
+
+    /// Step 2: an incident was declared. Coalesces it into an earlier
+    /// report, or captures, decides and writes a report of its own.
+    pub(crate) fn incident_started(&mut self, ctx: IncidentContext<'_>) -> Outcome {
+        let idx = ctx.idx;
+        let presample = self.presamples[idx]
+            .take()
+            .filter(|(w, _, _)| *w == ctx.started_at)
+            .map(|(_, at, cpu)| (at, cpu));
+        let lag = us(ctx.now.saturating_sub(ctx.started_at).max(ctx.max_lag));
+        let cool_down = self.cool_down();
+        let per_hour = self.config.reports_per_hour;
+        self.storms[idx].stall_started(ctx.now);
+        if self.storms[idx].may_coalesce(ctx.now, cool_down, per_hour) {
+            let key = self.cheap_key(&ctx, presample.as_ref(), lag);
+            if let Decision::Coalesce(kept) =
+                self.storms[idx].decide(&key, ctx.now, cool_down, per_hour)
+            {
+                return self.coalesce(idx, kept, key, &ctx);
+            }
+        }
+        self.full_report(ctx, presample, lag)
+    }
+
+    /// The verdict and culprit of a stall from the loop thread alone.
+    fn cheap_key(
+        &self,
+        ctx: &IncidentContext<'_>,
+        presample: Option<&(u64, CpuTimes)>,
+        lag: Duration,
+    ) -> StallKey {
+        let mut tids: Vec<i32> = ctx
+            .stuck_workers
+            .iter()
+            .flat_map(|s| s.tids.clone())
+            .collect();
+        tids.extend(ctx.poller);
+        let threads = self.capture_threads(&tids, CHEAP_CAPTURE_BUDGET).threads;
+        let at = clock::now_us();
+        let (cpu_used, gap) = match presample {
+            Some((t, before)) => (cpu_delta_from(before, &threads), us(at.saturating_sub(*t))),
+            None => (CpuTimes::new(), Duration::ZERO),
+        };
+        let evidence = Evidence {
+            first: &threads,
+            second: None,
+            cpu_used,
+            sample_gap: gap,
+            loop_tids: tids,
+            monitor_gap: ctx.monitor_gap,
+            lag,
+            queue_depth: None,
+            deadlock: Vec::new(),
+            stuck_workers: ctx.stuck_workers.clone(),
+        };
+        let (verdict, culprit) = decide(&evidence);
+        StallKey {
+            verdict: verdict.kind,
+            culprit: culprit.map(|c| c.function),
+        }
+    }
+
+    /// Coalesces a stall into the kept report `kept`.
+    fn coalesce(
+        &mut self,
+        idx: usize,
+        kept: usize,
+        key: StallKey,
+        ctx: &IncidentContext<'_>,
+    ) -> Outcome {
+        let occurrence = Occurrence {
+            start: wall(ctx.started_at),
+            duration_seconds: None,
+            verdict: key.verdict,
+            culprit: key.culprit.clone(),
+        };
+        let listed = self.storms[idx].add_occurrence(kept, occurrence);
+        if let Some(m) = &self.metrics {
+            m.stall_coalesced(idx);
+        }
+        let same = self.storms[idx]
+            .kept_mut(kept)
+            .is_some_and(|k| k.key == key);
+        tracing::info!(
+            runtime = ctx.runtime,
+            verdict = %key.verdict,
+            culprit = key.culprit.as_deref().unwrap_or("-"),
+            "event loop {:?} stalled again {}; counted in the earlier report, no new capture",
+            ctx.runtime,
+            if same { "the same way" } else { "past the hourly report budget" }
+        );
+        self.active[idx] = Some(Active::Coalesced {
+            kept,
+            occurrence: listed,
+        });
+        Outcome {
+            report: None,
+            trigger_watchdog: false,
+            verdict: Some(key.verdict),
+            coalesced: true,
+        }
+    }
+
+    /// A full capture and report for a new incident.
+    fn full_report(
+        &mut self,
+        ctx: IncidentContext<'_>,
+        presample: Option<(u64, CpuTimes)>,
+        lag: Duration,
+    ) -> Outcome {
+        let t0 = clock::now_us();
+        let loop_tids = Self::loop_threads(&ctx);
+        let (first, info) = self.capture("detection", &loop_tids, ctx.deadline);
+        let first_at = clock::now_us();
+        let rm = RuntimeMetricsSnapshot::read(ctx.handle);
+        self.seq += 1;
+        let report = new_report(
+            &self.settings,
+            NewReport {
+                seq: self.seq,
+                runtime: ctx.runtime,
+                started_at: ctx.started_at,
+                detected_at: ctx.detected_at,
+                lag,
+                deadline: ctx.deadline,
+                timeline: ctx.timeline,
+                stuck_workers: ctx.stuck_workers.clone(),
+                runtime_metrics: rm.clone(),
+                capture: info,
+                capture_on: self.sampler.is_some(),
+            },
+        );
+        let second_due = self.second_capture_due(ctx.now, ctx.deadline);
+        let mut stall = ActiveStall {
+            report,
+            key: StallKey {
+                verdict: VerdictKind::Unknown,
+                culprit: None,
+            },
+            workers: spans(&ctx.stuck_workers, ctx.now),
+            probe_stalled: ctx.probe_stalled,
+            loop_tids,
+            poller: ctx.poller,
+            monitor_gap: ctx.monitor_gap,
+            lag,
+            queue_depth: Some(rm.global_queue_depth),
+            first,
+            first_at,
+            second: None,
+            samples: Vec::new(),
+            next_sample: None,
+            presample,
+            second_due,
+            symbolize_pending: self.sampler.is_some(),
+            deadline: ctx.deadline,
+            deadlock: Vec::new(),
+        };
+        stall.next_sample = self.next_sample_after(&stall, first_at);
+        self.refresh(&mut stall, clock::now_us());
+        stall.key = StallKey {
+            verdict: stall.report.verdict.kind,
+            culprit: stall.report.culprit.as_ref().map(|c| c.function.clone()),
+        };
+        self.storms[ctx.idx].full_report(stall.key.clone(), ctx.now);
+        let path = self.write(&mut stall);
+        tracing::error!(
+            runtime = ctx.runtime,
+            verdict = %stall.report.verdict.kind,
+            culprit = stall.report.culprit.as_ref().map(|c| c.function.as_str()).unwrap_or("-"),
+            report = %path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(stderr)".into()),
+            took = %human(us(clock::now_us() - t0)),
+            "{}", stall.report.summary()
+        );
+        let verdict = Some(stall.report.verdict.kind);
+        self.active[ctx.idx] = Some(Active::Full(Box::new(stall)));
+        Outcome {
+            report: path,
+            trigger_watchdog: false,
+            verdict,
+            coalesced: false,
+        }
+    }
+
+    fn second_capture_due(&self, now: u64, deadline: Option<u64>) -> Option<u64> {
+        match deadline {
+            Some(d) => {
+                let due = d.saturating_sub(micros(self.config.deadline_margin));
+                // Too close to the deadline: the detection report is the last.
+                (due > now.saturating_add(50_000)).then_some(due)
+            }
+            None => Some(now.saturating_add(1_000_000)),
+        }
+    }
+
+    /// When the loop thread is next sampled: every quarter of the
+    /// threshold (20 ms to 250 ms), until the second capture, at most
+    /// [`MAX_SAMPLES`] times.
+    fn next_sample_after(&self, stall: &ActiveStall, now: u64) -> Option<u64> {
+        stall.poller?;
+        if stall.samples.len() >= MAX_SAMPLES || stall.second.is_some() {
+            return None;
+        }
+        let every = micros(self.settings.threshold / 4).clamp(20_000, 250_000);
+        let at = now.saturating_add(every);
+        stall.second_due.is_none_or(|d| at < d).then_some(at)
+    }
+
+    /// Recomputes verdict, culprit and thread groups from every capture
+    /// and sample, and updates the stuck workers' durations.
+    fn refresh(&self, stall: &mut ActiveStall, now: u64) {
+        update_durations(stall, now);
+        let stuck_now: Vec<StuckWorker> = stall
+            .workers
+            .iter()
+            .filter(|w| w.until.is_none())
+            .map(|w| w.info.clone())
+            .collect();
+        stall.deadlock.extend(deadlock_cycles());
+        stall.deadlock.dedup();
+        let second = stall.second.as_ref().map(|(_, s)| s.as_slice());
+        // CPU used: between the two captures when the second exists, else
+        // between the presample and the first capture.
+        let (cpu_used, gap) = match &stall.second {
+            Some((at, sec)) => (
+                cpu_delta(&stall.first, sec),
+                us(at.saturating_sub(stall.first_at)),
+            ),
+            None => match &stall.presample {
+                Some((at, before)) => (
+                    cpu_delta_from(before, &stall.first),
+                    us(stall.first_at.saturating_sub(*at)),
+                ),
+                None => (CpuTimes::new(), Duration::ZERO),
+            },
+        };
+        let evidence = Evidence {
+            first: &stall.first,
+            second,
+            cpu_used: cpu_used.clone(),
+            sample_gap: gap,
+            loop_tids: stall.loop_tids.clone(),
+            monitor_gap: stall.monitor_gap,
+            lag: stall.lag,
+            queue_depth: stall.queue_depth,
+            deadlock: stall.deadlock.clone(),
+            stuck_workers: stuck_now,
+        };
+        let (verdict, culprit) = decide(&evidence);
+        stall.report.verdict = verdict;
+        stall.report.culprit = culprit;
+        stall.report.threads = group_threads(&stall.first, second, &stall.loop_tids, &cpu_used);
+    }
+
+    /// Writes the incident's report; the compact form goes to stderr once
+    /// per incident when there is no report file.
+    fn write(&mut self, stall: &mut ActiveStall) -> Option<PathBuf> {
+        let pin = stall.report.coalesced_stalls > 0;
+        self.write_report(&mut stall.report, pin)
+    }
+
+    fn write_report(&mut self, report: &mut StallReport, pin: bool) -> Option<PathBuf> {
+        let _ = pin;
+        report.times.written = rfc3339(SystemTime::now());
+        if let Some(r) = &self.registry {
+            report.metrics = Metrics::encode(r);
+        }
+        let path = self.store.save(report);
+        if let (Some(m), Some(_)) = (&self.metrics, self.store.dir()) {
+            m.report(path.is_some());
+        }
+        self.counters
+            .reports_written
+            .store(self.store.written, Ordering::Relaxed);
+        self.counters
+            .reports_failed
+            .store(self.store.failed, Ordering::Relaxed);
+        path
+    }
+
+    /// The causes of runtime `idx`'s incident changed (the probe stalled
+    /// too, or the set of stuck workers changed): the verdict is decided
+    /// again and the report rewritten.
+    pub(crate) fn causes_changed(
+        &mut self,
+        idx: usize,
+        stuck_workers: &[StuckWorker],
+        probe_stalled: bool,
+        now: u64,
+    ) -> Outcome {
+        let Some(active) = self.active[idx].take() else {
+            return Outcome::default();
+        };
+        let Active::Full(mut stall) = active else {
+            self.active[idx] = Some(active);
+            return Outcome::default();
+        };
+        for w in &mut stall.workers {
+            if w.until.is_none() && !stuck_workers.iter().any(|s| s.worker == w.info.worker) {
+                w.until = Some(now);
+            }
+        }
+        for s in stuck_workers {
+            if !stall
+                .workers
+                .iter()
+                .any(|w| w.until.is_none() && w.info.worker == s.worker)
+            {
+                stall.workers.extend(spans(std::slice::from_ref(s), now));
+            }
+        }
+        if probe_stalled && !stall.probe_stalled {
+            stall
+                .report
+                .notes
+                .push("the whole event loop stopped answering while workers were stuck".into());
+        }
+        stall.probe_stalled |= probe_stalled;
+        self.refresh(&mut stall, now);
+        let path = self.write(&mut stall);
+        self.active[idx] = Some(Active::Full(stall));
+        Outcome {
+            report: path,
+            ..Outcome::default()
+        }
+    }
+
+    /// Steps 3 and 4 when due (samples, the second capture), and storm
+    /// reports whose occurrences should be written.
+    pub(crate) fn tick(&mut self, now: u64) -> Vec<Outcome> {
+        let mut out = Vec::new();
+        for i in 0..self.active.len() {
+            let Some(Active::Full(mut stall)) = self.active[i].take() else {
+                continue;
+            };
+            if stall.next_sample.is_some_and(|at| now >= at) {
+                if let Some(t) = stall.poller.and_then(|tid| self.sample_thread(tid)) {
+                    stall.samples.push((clock::now_us(), t));
+                }
+                stall.next_sample = self.next_sample_after(&stall, now);
+            }
+            if stall.symbolize_pending {
+                out.extend(self.symbolize_latest(&mut stall));
+            }
+            if stall.second_due.is_some_and(|d| now >= d) {
+                out.push(self.second_capture(&mut stall));
+            }
+            self.active[i] = Some(Active::Full(stall));
+        }
+        let cool_down = self.cool_down();
+        for i in 0..self.storms.len() {
+            for k in self.storms[i].due_flushes(now, cool_down) {
+                if let Some(path) = self.flush_kept(i, k, now) {
+                    out.push(Outcome {
+                        report: Some(path),
+                        ..Outcome::default()
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Rewrites a kept report that gained occurrences.
+    fn flush_kept(&mut self, runtime: usize, kept: usize, now: u64) -> Option<PathBuf> {
+        let mut report = {
+            let k = self.storms[runtime].kept_mut(kept)?;
+            k.dirty = false;
+            k.written_at = now;
+            k.report.take()?
+        };
+        let path = self.write_report(&mut report, true);
+        if let Some(k) = self.storms[runtime].kept_mut(kept) {
+            k.report = Some(report);
+        }
+        path
+    }
+
+    /// The DWARF pass over the latest capture (the second if taken, else
+    /// the first), then the report decided again and rewritten. Never past
+    /// the second capture's time or systemd's deadline.
+    fn symbolize_latest(&mut self, stall: &mut ActiveStall) -> Option<Outcome> {
+        if !self.symbolize_now(stall) {
+            return None;
+        }
+        let path = self.write(stall)?;
+        Some(Outcome {
+            report: Some(path),
+            ..Outcome::default()
+        })
+    }
+
+    /// Runs a pending DWARF pass and decides again; false when none was
+    /// pending.
+    fn symbolize_now(&mut self, stall: &mut ActiveStall) -> bool {
+        if !std::mem::take(&mut stall.symbolize_pending) {
+            return false;
+        }
+        let until = stall.second_due.or(stall.deadline);
+        let mut notes = std::mem::take(&mut stall.report.notes);
+        match &mut stall.second {
+            Some((_, second)) => self.symbolize(second, &mut notes, until),
+            None => self.symbolize(&mut stall.first, &mut notes, until),
+        }
+        stall.report.notes = notes;
+        self.refresh(stall, clock::now_us());
+        true
+    }
+
+    /// Step 4: the second capture.
+    fn second_capture(&mut self, stall: &mut ActiveStall) -> Outcome {
+        stall.second_due = None;
+        stall.next_sample = None;
+        let reason = if stall.deadline.is_some() {
+            "before-deadline"
+        } else {
+            "still-stalled"
+        };
+        let (second, info) = self.capture(reason, &stall.loop_tids.clone(), stall.deadline);
+        let at = clock::now_us();
+        stall.report.captures.extend(info);
+        stall.report.stalled_for_seconds =
+            us(at.saturating_sub(stall.first_at)).as_secs_f64() + stall.lag.as_secs_f64();
+        stall.second = Some((at, second));
+        self.refresh(stall, at);
+        let mut path = self.write(stall);
+        stall.symbolize_pending = self.sampler.is_some();
+        if let Some(p) = self.symbolize_latest(stall).and_then(|o| o.report) {
+            path = Some(p);
+        }
+        tracing::warn!(
+            runtime = %stall.report.runtime,
+            report = %path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(stderr)".into()),
+            "loopwatch: second capture taken; {}", stall.report.summary()
+        );
+        Outcome {
+            report: path,
+            trigger_watchdog: self.config.trigger_watchdog && reason == "before-deadline",
+            ..Outcome::default()
+        }
+    }
+
+    /// Step 5: runtime `idx`'s incident ended after `duration` (µs).
+    pub(crate) fn incident_ended(&mut self, idx: usize, duration: u64, ended_at: u64) -> Outcome {
+        self.presamples[idx] = None;
+        match self.active[idx].take() {
+            None => Outcome::default(),
+            Some(Active::Coalesced { kept, occurrence }) => {
+                if let Some(k) = self.storms[idx].kept_mut(kept) {
+                    if let (Some(r), Some(o)) = (k.report.as_mut(), occurrence) {
+                        if let Some(occ) = r.occurrences.get_mut(o) {
+                            occ.duration_seconds = Some(us(duration).as_secs_f64());
+                        }
+                    }
+                    k.dirty = true;
+                }
+                Outcome {
+                    coalesced: true,
+                    ..Outcome::default()
+                }
+            }
+            Some(Active::Full(mut stall)) => {
+                self.symbolize_now(&mut stall);
+                stall.report.recovered = true;
+                stall.report.duration_seconds = Some(us(duration).as_secs_f64());
+                stall.report.stalled_for_seconds = us(duration).as_secs_f64();
+                stall.report.times.end = Some(wall(ended_at));
+                for w in &mut stall.workers {
+                    w.until.get_or_insert(ended_at);
+                }
+                update_durations(&mut stall, ended_at);
+                let path = self.write(&mut stall);
+                tracing::warn!(
+                    runtime = %stall.report.runtime,
+                    report = %path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(stderr)".into()),
+                    "{}", stall.report.summary()
+                );
+                let written_at = clock::now_us();
+                if let Some(k) = self.storms[idx].newest_mut() {
+                    k.report = Some(stall.report);
+                    k.written_at = written_at;
+                }
+                Outcome {
+                    report: path,
+                    ..Outcome::default()
+                }
+            }
+        }
+    }
+
+    /// The next time a step is due.
+    pub(crate) fn next_due(&self) -> Option<u64> {
+        let active = self.active.iter().filter_map(|a| match a {
+            Some(Active::Full(s)) if s.symbolize_pending => Some(0),
+            Some(Active::Full(s)) => [s.second_due, s.next_sample].into_iter().flatten().min(),
+            _ => None,
+        });
+        let cool_down = self.cool_down();
+        let flushes = self.storms.iter().filter_map(|s| s.next_flush(cool_down));
+        active.chain(flushes).min()
+    }
+}
+
+/// Worker spans for workers stuck at `now`.
+fn spans(stuck: &[StuckWorker], now: u64) -> Vec<WorkerSpan> {
+    stuck
+        .iter()
+        .map(|s| WorkerSpan {
+            info: s.clone(),
+            since: now.saturating_sub(micros(Duration::from_secs_f64(
+                s.stuck_for_seconds.max(0.0),
+            ))),
+            until: None,
+        })
+        .collect()
+}
+
+/// Every stuck worker's duration as of `now` (or as of when it moved
+/// again), in the report too.
+fn update_durations(stall: &mut ActiveStall, now: u64) {
+    for w in &mut stall.workers {
+        w.info.stuck_for_seconds = us(w.until.unwrap_or(now).saturating_sub(w.since)).as_secs_f64();
+    }
+    stall.report.stuck_workers = stall.workers.iter().map(|w| w.info.clone()).collect();
+}
