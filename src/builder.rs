@@ -163,6 +163,46 @@ impl Builder {
         self
     }
 
+    /// Lag above which a block of the event loop is recorded as a
+    /// **hiccup** (default: the smaller of 100 ms and a quarter of the
+    /// stall threshold; at least 1 ms and below the stall threshold).
+    ///
+    /// The probe interval stays as it is: with the default 100 ms, every
+    /// block longer than the warn threshold plus one interval is still in
+    /// progress when the monitor sees its probe late, so the loop thread is
+    /// captured live (one signal) and the hiccup names its culprit and
+    /// cause; a shorter block is recorded when a probe lands in it, with
+    /// its duration but no stack; every block stays in the lag histogram.
+    /// Hiccups are counted (`loopwatch_hiccups_total`), logged (aggregated
+    /// under load), listed by [`Watchdog::hiccups`](crate::Watchdog::hiccups),
+    /// served at `/hiccups` and included in stall reports.
+    pub fn warn_threshold(mut self, threshold: Duration) -> Self {
+        self.requested.warn_threshold = Some(Some(threshold));
+        self
+    }
+
+    /// Turns hiccups off: only stalls are reported.
+    pub fn no_hiccups(mut self) -> Self {
+        self.requested.warn_threshold = Some(None);
+        self
+    }
+
+    /// Most hiccup captures per runtime per second on average (default 1;
+    /// bursts of twice that); hiccups beyond are still recorded and
+    /// counted (`loopwatch_hiccup_captures_skipped_total`), without a stack.
+    /// 0 records every hiccup without capturing.
+    pub fn max_hiccup_captures_per_second(mut self, n: u32) -> Self {
+        self.requested.hiccup_captures_per_second = n;
+        self
+    }
+
+    /// How many hiccups [`Watchdog::hiccups`](crate::Watchdog::hiccups) and
+    /// `/hiccups` keep (default 64).
+    pub fn keep_hiccups(mut self, n: usize) -> Self {
+        self.requested.keep_hiccups = n.min(100_000);
+        self
+    }
+
     /// How long after a full stall report a new stall of the same runtime
     /// that looks the same (verdict and culprit, from a cheap capture of the
     /// loop thread alone) is only counted and listed in that report's

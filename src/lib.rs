@@ -60,6 +60,8 @@ mod diagnostics;
 mod error;
 mod exporter;
 mod health;
+mod hiccups;
+pub use hiccups::{Blocker, Hiccup, HiccupCause, DEFAULT_KEEP_HICCUPS};
 mod hooks;
 pub use hooks::{RuntimeHooks, StuckTask, StuckWorker};
 mod metrics;

@@ -50,6 +50,14 @@ pub const DEFAULT_REPORTS_PER_HOUR: u32 = 10;
 /// others still answer the probe, before pings are withheld.
 pub const DEFAULT_WORKER_STUCK_LIMIT: Duration = Duration::from_secs(30);
 
+/// The longest default warn threshold; the default is the smaller of this
+/// and a quarter of the stall threshold.
+pub const DEFAULT_WARN_THRESHOLD: Duration = Duration::from_millis(100);
+/// The shortest warn threshold accepted.
+pub const MIN_WARN_THRESHOLD: Duration = Duration::from_millis(1);
+/// Hiccup captures per runtime per second, by default.
+pub const DEFAULT_HICCUP_CAPTURES_PER_SECOND: u32 = 1;
+
 /// The settings as the application gave them to the builder.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Requested {
@@ -68,6 +76,10 @@ pub(crate) struct Requested {
     pub metrics_addr: Option<String>,
     pub storm_cool_down: Duration,
     pub reports_per_hour: u32,
+    /// `None`: the default; `Some(None)`: hiccups off.
+    pub warn_threshold: Option<Option<Duration>>,
+    pub hiccup_captures_per_second: u32,
+    pub keep_hiccups: usize,
 }
 
 impl Default for Requested {
@@ -84,6 +96,9 @@ impl Default for Requested {
             metrics_addr: None,
             storm_cool_down: DEFAULT_STORM_COOL_DOWN,
             reports_per_hour: DEFAULT_REPORTS_PER_HOUR,
+            warn_threshold: None,
+            hiccup_captures_per_second: DEFAULT_HICCUP_CAPTURES_PER_SECOND,
+            keep_hiccups: crate::hiccups::DEFAULT_KEEP_HICCUPS,
         }
     }
 }
@@ -122,6 +137,12 @@ pub(crate) struct Settings {
     pub worker_stuck_limit: Option<Duration>,
     /// Where to serve `/metrics` and `/healthz`, if anywhere.
     pub metrics_addr: Option<String>,
+    /// Lag above which a block is a hiccup; `None`: hiccups off.
+    pub warn_threshold: Option<Duration>,
+    /// Hiccup captures per runtime per second (0: record without stacks).
+    pub hiccup_captures_per_second: u32,
+    /// Hiccups kept for `Watchdog::hiccups()`.
+    pub keep_hiccups: usize,
 }
 
 impl Settings {
@@ -197,6 +218,21 @@ impl Settings {
                 });
             }
         }
+        let warn_threshold = match r.warn_threshold {
+            None => Some((threshold / 4).min(DEFAULT_WARN_THRESHOLD)),
+            Some(w) => w,
+        };
+        if let Some(w) = warn_threshold {
+            if w < MIN_WARN_THRESHOLD || w >= threshold {
+                return Err(Error::InvalidSetting {
+                    setting: "warn_threshold",
+                    reason: format!(
+                        "{w:?} must be at least {MIN_WARN_THRESHOLD:?} and below the stall \
+                         threshold {threshold:?}"
+                    ),
+                });
+            }
+        }
         if r.reports_per_hour == 0 {
             return Err(Error::InvalidSetting {
                 setting: "max_reports_per_hour",
@@ -241,6 +277,9 @@ impl Settings {
             diagnostics,
             worker_stuck_limit: r.worker_stuck_limit,
             metrics_addr: r.metrics_addr.clone(),
+            warn_threshold,
+            hiccup_captures_per_second: r.hiccup_captures_per_second,
+            keep_hiccups: r.keep_hiccups,
         }))
     }
 }

@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use crate::diagnostics::Diagnostics;
 use crate::error::{Error, Result};
 use crate::exporter::{Exporter, ExporterLimits, Health, HealthFn};
+use crate::hiccups::HiccupLog;
 use crate::hooks::RuntimeHooks;
 use crate::metrics::Metrics;
 use crate::monitor::{initial_status, Monitor, Shared};
@@ -62,6 +63,8 @@ pub struct Watchdog {
     /// Held here too, so that loopwatch's collectors stay registered until
     /// shutdown even if the monitor thread dies.
     _metrics: Arc<Metrics>,
+    /// The record of hiccups the monitor keeps.
+    hiccup_log: Arc<Mutex<HiccupLog>>,
 }
 
 impl std::fmt::Debug for Watchdog {
@@ -129,7 +132,20 @@ impl Watchdog {
             }
             None => None,
         };
-        let monitor = Monitor::new(shared.clone(), runtimes, hooks, on_stall, diag, metrics);
+        metrics.set_warn_threshold(settings.warn_threshold);
+        let hiccup_log = Arc::new(Mutex::new(HiccupLog::new(
+            settings.keep_hiccups,
+            runtimes.len(),
+        )));
+        let monitor = Monitor::new(
+            shared.clone(),
+            runtimes,
+            hooks,
+            on_stall,
+            diag,
+            metrics,
+            hiccup_log.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name("loopwatch-monitor".into())
             .spawn(move || monitor.run())
@@ -158,6 +174,7 @@ impl Watchdog {
             exporter,
             registry,
             _metrics: metrics_kept,
+            hiccup_log,
         })
     }
 
@@ -193,6 +210,23 @@ impl Watchdog {
     /// [`Builder::serve_metrics`](crate::Builder::serve_metrics) was used (the bound port, if 0 was asked).
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
         self.exporter.as_ref().map(Exporter::local_addr)
+    }
+
+    /// The last hiccups (blocks of an event loop above the warn threshold,
+    /// see [`Builder::warn_threshold`](crate::Builder::warn_threshold)),
+    /// oldest first, with their duration, cause and culprit; at most
+    /// [`Builder::keep_hiccups`](crate::Builder::keep_hiccups) of them.
+    ///
+    /// ```no_run
+    /// # fn f(watchdog: &loopwatch::Watchdog) {
+    /// for h in watchdog.hiccups() {
+    ///     println!("{} blocked {:.0} ms in {:?} ({})",
+    ///         h.runtime, h.duration_seconds * 1e3, h.culprit, h.cause);
+    /// }
+    /// # }
+    /// ```
+    pub fn hiccups(&self) -> Vec<crate::hiccups::Hiccup> {
+        self.hiccup_log.lock().recent()
     }
 
     /// The monitor's view as of its last tick.

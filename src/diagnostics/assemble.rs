@@ -8,11 +8,11 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
-use crate::clock::{self, us};
+use crate::clock::us;
 use crate::procfs;
 use crate::report::{
-    rfc3339, CaptureInfo, LagSample, ReportTimes, RuntimeMetricsSnapshot, StallReport, Thresholds,
-    REPORT_FORMAT_VERSION,
+    rfc3339, wall, CaptureInfo, LagSample, ReportTimes, RuntimeMetricsSnapshot, StallReport,
+    Thresholds, REPORT_FORMAT_VERSION,
 };
 use crate::settings::Settings;
 use crate::verdict::{Verdict, VerdictKind};
@@ -33,6 +33,8 @@ pub(super) struct NewReport<'a> {
     pub runtime_metrics: RuntimeMetricsSnapshot,
     pub capture: Option<CaptureInfo>,
     pub capture_on: bool,
+    pub hiccups: Vec<crate::hiccups::Hiccup>,
+    pub top_blockers: Vec<crate::hiccups::Blocker>,
 }
 
 /// A report with everything known at detection.
@@ -95,19 +97,9 @@ pub(super) fn new_report(settings: &Settings, n: NewReport<'_>) -> StallReport {
         },
         occurrences: Vec::new(),
         coalesced_stalls: 0,
+        hiccups: n.hiccups,
+        top_blockers: n.top_blockers,
     }
-}
-
-/// The wall-clock time of a monotonic clock reading.
-pub(super) fn wall(at: u64) -> String {
-    let now = clock::now_us();
-    let wall_now = SystemTime::now();
-    let t = if at <= now {
-        wall_now.checked_sub(us(now - at))
-    } else {
-        wall_now.checked_add(us(at - now))
-    };
-    rfc3339(t.unwrap_or(wall_now))
 }
 
 /// `20261124T215722Z`: a UTC time to the second, for report ids.

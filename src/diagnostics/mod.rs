@@ -48,14 +48,14 @@ use crate::hooks::StuckWorker;
 use crate::metrics::Metrics;
 use crate::procfs;
 use crate::report::{
-    group_threads, rfc3339, CaptureInfo, Occurrence, RuntimeMetricsSnapshot, StallReport,
+    group_threads, rfc3339, wall, CaptureInfo, Occurrence, RuntimeMetricsSnapshot, StallReport,
 };
 use crate::report_store::ReportStore;
 use crate::settings::{DiagnosticsConfig, Settings};
 use crate::stacks::{Capture, CaptureOutcome, StackSampler, ThreadStack};
 use crate::status::human;
 use crate::verdict::{decide, Evidence, VerdictKind};
-use assemble::{new_report, wall, NewReport};
+use assemble::{new_report, NewReport};
 use evidence::{cpu_delta, cpu_delta_from, cpu_sample, deadlock_cycles, CpuTimes};
 use storm::{Decision, StallKey, Storm};
 
@@ -104,6 +104,12 @@ pub(crate) struct IncidentContext<'a> {
     pub handle: &'a tokio::runtime::Handle,
     /// systemd's earliest deadline (µs clock), when pings are on.
     pub deadline: Option<u64>,
+    /// The loop thread's capture from the hiccup this stall grew out of
+    /// (µs clock, stack): the stall's first sample.
+    pub prior_sample: Option<(u64, ThreadStack)>,
+    /// The runtime's hiccups before the stall, and its top blockers.
+    pub hiccups: Vec<crate::hiccups::Hiccup>,
+    pub top_blockers: Vec<crate::hiccups::Blocker>,
 }
 
 /// A worker stuck during an incident: since when, and until when once it
@@ -342,7 +348,7 @@ impl Diagnostics {
     }
 
     /// The loop thread alone, cheaply: one signal, symbol-table names.
-    fn sample_thread(&self, tid: i32) -> Option<ThreadStack> {
+    pub(crate) fn sample_thread(&self, tid: i32) -> Option<ThreadStack> {
         self.capture_threads(&[tid], CHEAP_CAPTURE_BUDGET)
             .threads
             .into_iter()
@@ -534,9 +540,26 @@ impl Diagnostics {
                 runtime_metrics: rm.clone(),
                 capture: info,
                 capture_on: self.sampler.is_some(),
+                hiccups: ctx.hiccups,
+                top_blockers: ctx.top_blockers,
             },
         );
         let second_due = self.second_capture_due(ctx.now, ctx.deadline);
+        let mut report = report;
+        if let Some((at, _)) = &ctx.prior_sample {
+            // The hiccup's look at the loop thread is the stall's first.
+            report.captures.insert(
+                0,
+                CaptureInfo {
+                    reason: "hiccup (the loop thread, while the block was a hiccup)".into(),
+                    at: wall(*at),
+                    threads: 1,
+                    unresponsive: 0,
+                    signal_seconds: 0.0,
+                    unwind_symbolize_seconds: 0.0,
+                },
+            );
+        }
         let mut stall = ActiveStall {
             report,
             key: StallKey {
@@ -553,7 +576,7 @@ impl Diagnostics {
             first,
             first_at,
             second: None,
-            samples: Vec::new(),
+            samples: ctx.prior_sample.into_iter().collect(),
             next_sample: None,
             presample,
             second_due,

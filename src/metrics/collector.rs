@@ -142,7 +142,7 @@ impl LoopwatchCollector {
 impl Collector for LoopwatchCollector {
     fn desc(&self) -> Vec<&Desc> {
         let f = &self.0.families;
-        let mut d = Vec::with_capacity(24);
+        let mut d = Vec::with_capacity(32);
         d.extend(f.probe_lag.desc());
         d.extend(f.lag.desc());
         d.extend(f.threshold.desc());
@@ -157,6 +157,11 @@ impl Collector for LoopwatchCollector {
         d.extend(f.capture_duration.desc());
         d.extend(f.worker_stuck.desc());
         d.extend(f.internal_errors.desc());
+        d.extend(f.hiccups.desc());
+        d.extend(f.hiccup_duration.desc());
+        d.extend(f.hiccup_seconds.desc());
+        d.extend(f.hiccup_captures_skipped.desc());
+        d.extend(f.warn_threshold.desc());
         d.extend(f.rt_workers.desc());
         d.extend(f.rt_alive_tasks.desc());
         d.extend(f.rt_global_queue_depth.desc());
@@ -168,7 +173,7 @@ impl Collector for LoopwatchCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let f = &self.0.families;
-        let mut out = Vec::with_capacity(24);
+        let mut out = Vec::with_capacity(32);
         out.extend(f.probe_lag.collect());
         out.extend(f.lag.collect());
         out.extend(f.threshold.collect());
@@ -185,6 +190,11 @@ impl Collector for LoopwatchCollector {
         out.extend(f.capture_duration.collect());
         out.extend(f.worker_stuck.collect());
         out.extend(f.internal_errors.collect());
+        out.extend(f.hiccups.collect());
+        out.extend(f.hiccup_duration.collect());
+        out.extend(f.hiccup_seconds.collect());
+        out.extend(f.hiccup_captures_skipped.collect());
+        out.extend(f.warn_threshold.collect());
         {
             let tokio = self.0.tokio.lock();
             refresh_tokio(&tokio);

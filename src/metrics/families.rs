@@ -34,6 +34,11 @@ pub(crate) const CAPTURE_DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
+/// Buckets of `loopwatch_hiccup_duration_seconds`: 1 ms to 10 s.
+pub(crate) const HICCUP_DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// The values of the `verdict` label of `loopwatch_stalls_by_verdict_total`.
 ///
 /// A verdict outside this list is counted as `unknown`, so that the label's
@@ -98,6 +103,11 @@ pub(super) struct Families {
     pub(super) capture_duration: Histogram,
     pub(super) worker_stuck: IntGaugeVec,
     pub(super) internal_errors: IntCounterVec,
+    pub(super) hiccups: IntCounterVec,
+    pub(super) hiccup_duration: HistogramVec,
+    pub(super) hiccup_seconds: CounterVec,
+    pub(super) hiccup_captures_skipped: IntCounterVec,
+    pub(super) warn_threshold: Gauge,
     pub(super) rt_workers: IntGaugeVec,
     pub(super) rt_alive_tasks: IntGaugeVec,
     pub(super) rt_global_queue_depth: IntGaugeVec,
@@ -217,6 +227,45 @@ impl Families {
                 ),
                 &["part"],
             )?,
+            hiccups: IntCounterVec::new(
+                Opts::new(
+                    "loopwatch_hiccups_total",
+                    "Blocks of the event loop above the warn threshold but below the stall \
+                     threshold (hiccups).",
+                ),
+                rt,
+            )?,
+            hiccup_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "loopwatch_hiccup_duration_seconds",
+                    "Duration of hiccups: how long the probe waited, for blocks above the warn \
+                     threshold.",
+                )
+                .buckets(HICCUP_DURATION_BUCKETS.to_vec()),
+                rt,
+            )?,
+            hiccup_seconds: CounterVec::new(
+                Opts::new(
+                    "loopwatch_hiccup_seconds_total",
+                    "Event-loop time blocked in hiccups, by culprit function (at most 32 distinct \
+                     per runtime; the rest as \"other\", blocks caught after they ended as \
+                     \"unknown\").",
+                ),
+                &["runtime", "culprit"],
+            )?,
+            hiccup_captures_skipped: IntCounterVec::new(
+                Opts::new(
+                    "loopwatch_hiccup_captures_skipped_total",
+                    "Hiccups recorded without a stack capture because of the per-runtime capture \
+                     rate limit.",
+                ),
+                rt,
+            )?,
+            warn_threshold: Gauge::with_opts(Opts::new(
+                "loopwatch_warn_threshold_seconds",
+                "Lag above which a block of the event loop is recorded as a hiccup (0: hiccups \
+                 off).",
+            ))?,
             rt_workers: IntGaugeVec::new(
                 Opts::new(
                     "loopwatch_runtime_workers",

@@ -23,12 +23,17 @@ use crate::error::Error;
 
 /// The children of one watched runtime, resolved once.
 struct RuntimeChildren {
+    /// The runtime's name, for labels resolved later (hiccup culprits).
+    name: String,
     probe_lag: Histogram,
     lag: Gauge,
     stalled: IntGauge,
     stalls: IntCounter,
     stalls_coalesced: IntCounter,
     stall_duration: Histogram,
+    hiccups: IntCounter,
+    hiccup_duration: Histogram,
+    hiccup_captures_skipped: IntCounter,
     /// Indexed like [`VERDICTS`].
     by_verdict: Vec<IntCounter>,
     /// Indexed by worker number.
@@ -79,12 +84,16 @@ impl Metrics {
             let workers = handle.metrics().num_workers();
             let worker_labels: Vec<String> = (0..workers).map(|w| w.to_string()).collect();
             children.push(RuntimeChildren {
+                name: name.clone(),
                 probe_lag: families.probe_lag.with_label_values(rt),
                 lag: families.lag.with_label_values(rt),
                 stalled: families.stalled.with_label_values(rt),
                 stalls: families.stalls.with_label_values(rt),
                 stalls_coalesced: families.stalls_coalesced.with_label_values(rt),
                 stall_duration: families.stall_duration.with_label_values(rt),
+                hiccups: families.hiccups.with_label_values(rt),
+                hiccup_duration: families.hiccup_duration.with_label_values(rt),
+                hiccup_captures_skipped: families.hiccup_captures_skipped.with_label_values(rt),
                 by_verdict: VERDICTS
                     .iter()
                     .map(|v| families.stalls_by_verdict.with_label_values(&[name, *v]))
@@ -224,6 +233,36 @@ impl Metrics {
         if let Some(c) = self.internal_errors.get(i) {
             c.inc();
         }
+    }
+
+    /// Records one hiccup of `duration` blamed on `culprit` (a label the
+    /// hiccup log already capped).
+    pub(crate) fn hiccup(&self, runtime: usize, duration: Duration, culprit: &str) {
+        let Some(rt) = self.runtimes.get(runtime) else {
+            return;
+        };
+        rt.hiccups.inc();
+        rt.hiccup_duration.observe(duration.as_secs_f64());
+        self.collector
+            .families()
+            .hiccup_seconds
+            .with_label_values(&[rt.name.as_str(), culprit])
+            .inc_by(duration.as_secs_f64());
+    }
+
+    /// A hiccup went without a capture (rate limit).
+    pub(crate) fn hiccup_capture_skipped(&self, runtime: usize) {
+        if let Some(rt) = self.runtimes.get(runtime) {
+            rt.hiccup_captures_skipped.inc();
+        }
+    }
+
+    /// Sets the warn threshold gauge (zero: hiccups off).
+    pub(crate) fn set_warn_threshold(&self, warn: Option<Duration>) {
+        self.collector
+            .families()
+            .warn_threshold
+            .set(warn.map_or(0.0, |w| w.as_secs_f64()));
     }
 
     /// Records how long one stack capture took.

@@ -218,6 +218,20 @@ impl Monitor {
         let stuck_workers = self.stuck_workers(i, now);
         let monitor_gap = self.monitor_gap_since(started_at, now);
         let deadline = self.deadline();
+        let prior_sample = if probe_stalled {
+            self.hiccup_grew_into_stall(
+                i,
+                started_at,
+                max_lag.max(now.saturating_sub(started_at)),
+                now,
+            )
+        } else {
+            None
+        };
+        let (hiccups, top_blockers) = {
+            let log = self.hiccup_log.lock();
+            (log.recent_of(&self.loops[i].name), log.top_blockers(i, 10))
+        };
         let w = &self.loops[i];
         let poller = if probe_stalled {
             w.probe.poller_tid()
@@ -247,6 +261,9 @@ impl Monitor {
             monitor_gap,
             handle: &w.handle,
             deadline,
+            prior_sample,
+            hiccups,
+            top_blockers,
         };
         let outcome = self.diag.incident_started(ctx);
         if let Some(kind) = outcome.verdict {

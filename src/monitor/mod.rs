@@ -31,6 +31,7 @@
 //! [`diagnostics`](crate::diagnostics)) and does not decide health by
 //! itself (that is [`health`](crate::health)).
 
+mod hiccup_watch;
 mod incidents;
 mod pings;
 mod snapshot;
@@ -50,6 +51,7 @@ use tokio::runtime::Handle;
 use crate::clock::{self, micros, us};
 use crate::diagnostics::Diagnostics;
 use crate::health::{LoopTracker, Transition};
+use crate::hiccups::HiccupLog;
 use crate::hooks::{RuntimeHooks, WorkerWatch};
 use crate::metrics::Metrics;
 use crate::notify::{Notifier, NotifyState};
@@ -113,6 +115,8 @@ pub(crate) struct Watched {
     pub hooks: Option<RuntimeHooks>,
     /// The runtime's stall in progress, whatever its causes.
     pub incident: Option<incidents::Incident>,
+    /// The runtime's hiccup watch.
+    hiccups: hiccup_watch::HiccupWatch,
 }
 
 /// A stretch of time during which the monitor thread was not running.
@@ -143,6 +147,10 @@ pub(crate) struct Monitor {
     notify_failure_logged: bool,
     callback_panics: u64,
     internal_errors: u64,
+    /// The warn threshold (µs), when hiccups are on.
+    warn: Option<u64>,
+    /// The record of hiccups, shared with the watchdog handle.
+    hiccup_log: Arc<Mutex<HiccupLog>>,
 }
 
 impl Monitor {
@@ -154,6 +162,7 @@ impl Monitor {
         on_stall: Option<StallCallback>,
         diag: Diagnostics,
         metrics: Arc<Metrics>,
+        hiccup_log: Arc<Mutex<HiccupLog>>,
     ) -> Monitor {
         let s = shared.settings.clone();
         let now = clock::now_us();
@@ -170,6 +179,7 @@ impl Monitor {
                     .map(|h| WorkerWatch::new(h, handle.clone(), threshold)),
                 hooks,
                 incident: None,
+                hiccups: hiccup_watch::HiccupWatch::default(),
                 handle,
             })
             .collect();
@@ -192,6 +202,8 @@ impl Monitor {
             notify_failure_logged: false,
             callback_panics: 0,
             internal_errors: 0,
+            warn: s.warn_threshold.map(micros),
+            hiccup_log,
             shared,
         }
     }
@@ -355,8 +367,10 @@ impl Monitor {
     /// One pass: read probes, decide, ping, publish the status.
     pub(crate) fn tick(&mut self, now: u64) {
         let mut events = Vec::new();
+        let mut readings = Vec::with_capacity(self.loops.len());
         for (i, w) in self.loops.iter_mut().enumerate() {
             let reading = w.probe.read();
+            readings.push(reading);
             for t in w.tracker.observe(reading, now, self.threshold) {
                 events.push((i, t));
             }
@@ -379,6 +393,10 @@ impl Monitor {
                 _ => {}
             }
         }
+        for (i, reading) in readings.into_iter().enumerate() {
+            self.watch_hiccup(i, reading, now);
+        }
+        self.flush_hiccup_logs(now);
         for (i, t) in events {
             self.on_transition(i, t, now);
         }
@@ -414,16 +432,20 @@ impl Monitor {
 
     /// When the monitor next has something to do.
     fn next_wake(&self, now: u64) -> u64 {
-        let mut next = now + self.interval;
+        let mut next = now.saturating_add(self.interval);
         for (i, w) in self.loops.iter().enumerate() {
-            let at = match w.probe.read() {
-                ProbeReading::Answered { woken_at, .. } => woken_at + self.interval,
+            let reading = w.probe.read();
+            if let Some(at) = self.next_hiccup_look(i, reading) {
+                next = next.min(at);
+            }
+            let at = match reading {
+                ProbeReading::Answered { woken_at, .. } => woken_at.saturating_add(self.interval),
                 // Late: presample at T/2 (once), then check at T.
                 ProbeReading::Waiting { woken_at } if w.tracker.stall.is_none() => {
                     if self.diag.presampled(i, woken_at) {
-                        woken_at + self.threshold + 1
+                        woken_at.saturating_add(self.threshold + 1)
                     } else {
-                        woken_at + self.threshold / 2
+                        woken_at.saturating_add(self.threshold / 2)
                     }
                 }
                 _ => continue,
@@ -431,11 +453,11 @@ impl Monitor {
             next = next.min(at);
         }
         if let (Some(every), Some(last)) = (self.ping_every, self.last_ping) {
-            next = next.min(last + every);
+            next = next.min(last.saturating_add(every));
         }
         if let Some(due) = self.diag.next_due() {
             next = next.min(due);
         }
-        next.max(now + 100)
+        next.max(now.saturating_add(100))
     }
 }

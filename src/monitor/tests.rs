@@ -60,7 +60,8 @@ fn a_million_probe_cycles_keep_memory_flat() {
     });
     let registry = prometheus::Registry::new();
     let metrics = Arc::new(Metrics::new(&registry, &b.runtimes, Duration::from_secs(5)).unwrap());
-    let mut m = Monitor::new(shared, b.runtimes, b.hooks, None, diag, metrics);
+    let log = Arc::new(Mutex::new(HiccupLog::new(64, 1)));
+    let mut m = Monitor::new(shared, b.runtimes, b.hooks, None, diag, metrics, log);
     let cycles = |m: &Monitor| m.loops[0].probe.wakes();
     let t0 = std::time::Instant::now();
     while cycles(&m) < 100_000 {

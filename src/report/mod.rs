@@ -90,6 +90,13 @@ pub struct StallReport {
     /// How many stalls were coalesced into this report (listed or not).
     #[serde(default)]
     pub coalesced_stalls: u64,
+    /// The runtime's hiccups (blocks above the warn threshold) before the
+    /// stall, oldest first; the last one may be the stall's own beginning.
+    #[serde(default)]
+    pub hiccups: Vec<crate::hiccups::Hiccup>,
+    /// The runtime's top blockers by hiccup time since start.
+    #[serde(default)]
+    pub top_blockers: Vec<crate::hiccups::Blocker>,
 }
 
 /// A later stall coalesced into a report.
@@ -240,6 +247,19 @@ impl RuntimeMetricsSnapshot {
     }
 }
 
+/// The wall-clock time (RFC 3339) of a reading of loopwatch's monotonic
+/// microsecond clock.
+pub(crate) fn wall(at: u64) -> String {
+    let now = crate::clock::now_us();
+    let wall_now = SystemTime::now();
+    let t = if at <= now {
+        wall_now.checked_sub(crate::clock::us(now - at))
+    } else {
+        wall_now.checked_add(crate::clock::us(at - now))
+    };
+    rfc3339(t.unwrap_or(wall_now))
+}
+
 /// RFC 3339 UTC, milliseconds. Never panics: a time before 1970 (a clock
 /// set wrong) or after year 9999 is clamped to the representable range.
 pub(crate) fn rfc3339(t: SystemTime) -> String {
@@ -293,6 +313,8 @@ impl StallReport {
             notes: Vec::new(),
             occurrences: Vec::new(),
             coalesced_stalls: 0,
+            hiccups: Vec::new(),
+            top_blockers: Vec::new(),
         }
     }
 }
