@@ -62,6 +62,7 @@ mod exporter;
 mod health;
 mod hooks;
 pub use hooks::{RuntimeHooks, StuckTask, StuckWorker};
+pub mod journal;
 mod metrics;
 mod monitor;
 mod notify;
