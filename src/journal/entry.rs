@@ -162,8 +162,7 @@ pub fn field_name_is_valid(name: &str) -> bool {
         && b.len() <= MAX_FIELD_NAME_LEN
         && !b[0].is_ascii_digit()
         && b[0] != b'_'
-        && b
-            .iter()
+        && b.iter()
             .all(|&c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_')
 }
 

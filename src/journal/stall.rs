@@ -103,12 +103,24 @@ pub(crate) fn stall_entry(report: &StallReport, report_path: Option<&Path>) -> J
         .field_opt("LOOPWATCH_CULPRIT", culprit.map(|c| &c.function))
         .field_opt("CODE_FUNC", culprit.map(|c| &c.function))
         .field_opt("CODE_FILE", culprit.and_then(|c| c.file.as_ref()))
-        .field_opt("CODE_LINE", culprit.and_then(|c| c.line).map(|l| l.to_string()))
+        .field_opt(
+            "CODE_LINE",
+            culprit.and_then(|c| c.line).map(|l| l.to_string()),
+        )
         .field_opt("LOOPWATCH_CULPRIT_THREAD", culprit.map(|c| &c.thread))
         .field_opt("LOOPWATCH_CULPRIT_TID", culprit.map(|c| c.tid.to_string()))
-        .field("LOOPWATCH_STALLED_SECONDS", seconds(report.stalled_for_seconds))
-        .field_opt("LOOPWATCH_DURATION_SECONDS", report.duration_seconds.map(seconds))
-        .field("LOOPWATCH_LAG_SECONDS", seconds(report.lag_at_detection_seconds))
+        .field(
+            "LOOPWATCH_STALLED_SECONDS",
+            seconds(report.stalled_for_seconds),
+        )
+        .field_opt(
+            "LOOPWATCH_DURATION_SECONDS",
+            report.duration_seconds.map(seconds),
+        )
+        .field(
+            "LOOPWATCH_LAG_SECONDS",
+            seconds(report.lag_at_detection_seconds),
+        )
         .field(
             "LOOPWATCH_STALL_THRESHOLD_SECONDS",
             seconds(report.thresholds.stall_threshold_seconds),

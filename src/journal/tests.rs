@@ -75,7 +75,10 @@ impl FakeJournald {
 fn decode(mut b: &[u8]) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     while !b.is_empty() {
-        let nl = b.iter().position(|&c| c == b'\n').expect("field ends in \\n");
+        let nl = b
+            .iter()
+            .position(|&c| c == b'\n')
+            .expect("field ends in \\n");
         let line = &b[..nl];
         if let Some(eq) = line.iter().position(|&c| c == b'=') {
             let name = String::from_utf8(line[..eq].to_vec()).expect("ascii name");
@@ -172,7 +175,14 @@ fn priority_can_be_overridden() {
 
 #[test]
 fn field_names_are_validated_like_journald_does() {
-    for ok in ["A", "MESSAGE", "CODE_LINE", "LOOPWATCH_RUNTIME", "X9_", &"A".repeat(64)] {
+    for ok in [
+        "A",
+        "MESSAGE",
+        "CODE_LINE",
+        "LOOPWATCH_RUNTIME",
+        "X9_",
+        &"A".repeat(64),
+    ] {
         assert!(field_name_is_valid(ok), "{ok:?} is valid");
     }
     for bad in [
@@ -221,7 +231,10 @@ fn invalid_field_names_are_sanitized_not_dropped() {
         .field("MESSAGE", "not a second message");
     let fields = decode(&entry.encode());
     assert_eq!(value(&fields, "RUNTIME"), Some(&b"main"[..]));
-    assert_eq!(value(&fields, "X_MESSAGE"), Some(&b"not a second message"[..]));
+    assert_eq!(
+        value(&fields, "X_MESSAGE"),
+        Some(&b"not a second message"[..])
+    );
     assert_eq!(
         fields.iter().filter(|(n, _)| n == "MESSAGE").count(),
         1,
@@ -261,7 +274,10 @@ fn fields_beyond_the_count_cap_are_dropped_and_counted() {
     assert_eq!(entry.dropped_fields(), 3);
     let fields = decode(&entry.encode());
     assert_eq!(value(&fields, DROPPED_FIELDS_FIELD), Some(&b"3"[..]));
-    assert_eq!(value(&fields, &format!("F{}", MAX_FIELDS - 1)), Some(&b"v"[..]));
+    assert_eq!(
+        value(&fields, &format!("F{}", MAX_FIELDS - 1)),
+        Some(&b"v"[..])
+    );
     assert_eq!(value(&fields, &format!("F{MAX_FIELDS}")), None);
 }
 
@@ -272,7 +288,11 @@ fn fields_beyond_the_size_cap_are_dropped_and_counted() {
         .field("BIG1", &big)
         .field("BIG2", &big)
         .field("SMALL", "still fits");
-    assert_eq!(entry.dropped_fields(), 1, "the second half-MiB field does not fit");
+    assert_eq!(
+        entry.dropped_fields(),
+        1,
+        "the second half-MiB field does not fit"
+    );
     let encoded = entry.encode();
     assert!(encoded.len() <= MAX_ENTRY_BYTES, "{} bytes", encoded.len());
     let fields = decode(&encoded);
@@ -315,7 +335,12 @@ fn an_entry_too_big_for_a_datagram_goes_in_a_sealed_memfd() {
     assert_eq!(got.fds.len(), 1, "exactly one descriptor");
     let fd = &got.fds[0];
     let seals = rustix::fs::fcntl_get_seals(fd).expect("the descriptor is a memfd with seals");
-    for s in [SealFlags::SHRINK, SealFlags::GROW, SealFlags::WRITE, SealFlags::SEAL] {
+    for s in [
+        SealFlags::SHRINK,
+        SealFlags::GROW,
+        SealFlags::WRITE,
+        SealFlags::SEAL,
+    ] {
         assert!(seals.contains(s), "seal {s:?} in {seals:?}");
     }
     let file = std::fs::File::from(fd.try_clone().expect("dup"));
@@ -327,7 +352,10 @@ fn an_entry_too_big_for_a_datagram_goes_in_a_sealed_memfd() {
     assert_eq!(value(&fields, "LOOPWATCH_STACKS"), Some(text.as_slice()));
     assert_eq!(value(&fields, "MESSAGE"), Some(&b"a large entry"[..]));
     // Sealed: the receiver cannot change it either.
-    assert!(file.write_at(b"x", 0).is_err(), "a sealed memfd refuses writes");
+    assert!(
+        file.write_at(b"x", 0).is_err(),
+        "a sealed memfd refuses writes"
+    );
 }
 
 // ------------------------------------------------------------ failures
@@ -336,25 +364,40 @@ fn an_entry_too_big_for_a_datagram_goes_in_a_sealed_memfd() {
 fn a_full_journald_queue_fails_the_send_after_the_timeout() {
     let fake = FakeJournald::new(); // never reads
     let journal = fake.journal();
-    let entry = JournalEntry::new(JournalEvent::StallDetected, "flood");
-    let mut sent = 0;
-    let err = loop {
-        let t0 = Instant::now();
-        match journal.send(&entry) {
-            Ok(()) => sent += 1,
-            Err(e) => break (e, t0.elapsed()),
-        }
-        assert!(sent < 100_000, "the queue never filled");
-    };
-    let (e, took) = err;
+    // On another thread: a send that blocks for good fails the test
+    // instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let entry = JournalEntry::new(JournalEvent::StallDetected, "flood");
+        let mut sent = 0usize;
+        let outcome = loop {
+            let t0 = Instant::now();
+            match journal.send(&entry) {
+                Ok(()) => sent += 1,
+                Err(e) => break Some((e, t0.elapsed())),
+            }
+            if sent >= 100_000 {
+                break None;
+            }
+        };
+        let _ = tx.send((sent, outcome));
+    });
+    let (sent, outcome) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a send to a full queue returns instead of blocking");
+    let (e, took) = outcome.expect("the queue of a reader that never reads fills up");
     assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
     assert!(
         e.to_string().contains("stayed full"),
         "the error says why: {e}"
     );
     assert!(took >= SEND_TIMEOUT / 2, "waited {took:?} before failing");
-    assert!(took < Duration::from_secs(5), "waited {took:?}: not bounded");
+    assert!(
+        took < Duration::from_secs(5),
+        "waited {took:?}: not bounded"
+    );
     assert!(sent >= 1, "some entries were queued before it filled");
+    drop(fake);
 }
 
 #[test]
@@ -390,7 +433,10 @@ fn detection_needs_the_socket_or_journal_stream() {
 
     assert!(under_systemd(&sock, None));
     assert!(!under_systemd(&missing, None));
-    assert!(!under_systemd(&file, None), "a regular file is not journald");
+    assert!(
+        !under_systemd(&file, None),
+        "a regular file is not journald"
+    );
     assert!(under_systemd(&missing, Some(stream)));
     assert!(!under_systemd(&missing, Some(empty)));
     assert_eq!(
@@ -405,11 +451,26 @@ fn detection_needs_the_socket_or_journal_stream() {
 fn message_ids_are_fixed_distinct_128_bit_lowercase_hex() {
     // These values are published: changing one breaks every saved query.
     let pinned = [
-        (JournalEvent::StallDetected, "c982a5b17e814d0aa9c31fe32560ac36"),
-        (JournalEvent::StallRecovered, "c99bca98b5e04badb90b4db1cada91ce"),
-        (JournalEvent::StallStormCoalesced, "ef88eb614843406b983e5f0cb50f50ca"),
-        (JournalEvent::WorkerStuck, "3ebb4b83f5764ba7a61e5bc03735dbe6"),
-        (JournalEvent::HiccupSummary, "85a4305524654e18ae03f40edb3901af"),
+        (
+            JournalEvent::StallDetected,
+            "c982a5b17e814d0aa9c31fe32560ac36",
+        ),
+        (
+            JournalEvent::StallRecovered,
+            "c99bca98b5e04badb90b4db1cada91ce",
+        ),
+        (
+            JournalEvent::StallStormCoalesced,
+            "ef88eb614843406b983e5f0cb50f50ca",
+        ),
+        (
+            JournalEvent::WorkerStuck,
+            "3ebb4b83f5764ba7a61e5bc03735dbe6",
+        ),
+        (
+            JournalEvent::HiccupSummary,
+            "85a4305524654e18ae03f40edb3901af",
+        ),
     ];
     assert_eq!(pinned.len(), JournalEvent::ALL.len());
     let mut seen = std::collections::HashSet::new();
@@ -476,8 +537,13 @@ fn sample_report() -> crate::report::StallReport {
 }
 
 fn text(entry: &JournalEntry, name: &str) -> String {
-    String::from_utf8(entry.get(name).unwrap_or_else(|| panic!("{name} missing")).to_vec())
-        .expect("utf-8")
+    String::from_utf8(
+        entry
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .to_vec(),
+    )
+    .expect("utf-8")
 }
 
 #[test]
@@ -558,7 +624,10 @@ fn recovered_and_worker_reports_get_their_own_events() {
         "runtime \"main\": worker 1 stuck in a poll for 1.2 s: worker-stuck"
     );
     assert_eq!(text(&entry, "LOOPWATCH_STUCK_WORKERS"), "1");
-    assert!(entry.get("CODE_FILE").is_none(), "no culprit, no code location");
+    assert!(
+        entry.get("CODE_FILE").is_none(),
+        "no culprit, no code location"
+    );
 }
 
 #[test]
@@ -569,5 +638,8 @@ fn a_stall_entry_reaches_the_socket_intact() {
     let fields = decode(&fake.recv().payload);
     assert_eq!(value(&fields, "MESSAGE"), Some(entry.message().as_bytes()));
     assert_eq!(value(&fields, "CODE_LINE"), Some(&b"88"[..]));
-    assert_eq!(value(&fields, "LOOPWATCH_REPORT"), Some(&b"/tmp/stall-x.txt"[..]));
+    assert_eq!(
+        value(&fields, "LOOPWATCH_REPORT"),
+        Some(&b"/tmp/stall-x.txt"[..])
+    );
 }

@@ -132,10 +132,8 @@ impl Journal {
     /// The large-entry path: the entry in a sealed memfd, the descriptor
     /// passed in an otherwise empty datagram.
     fn send_in_memfd(&self, bytes: &[u8]) -> io::Result<()> {
-        let fd = rustix::fs::memfd_create(
-            MEMFD_NAME,
-            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-        )?;
+        let fd =
+            rustix::fs::memfd_create(MEMFD_NAME, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
         let mut file = File::from(fd);
         file.write_all(bytes)?;
         // journald maps the file; the seals promise it cannot change under it.
@@ -148,12 +146,20 @@ impl Journal {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
-            return Err(io::Error::other("no room for SCM_RIGHTS in the control buffer"));
+            return Err(io::Error::other(
+                "no room for SCM_RIGHTS in the control buffer",
+            ));
         }
         let empty: [IoSlice<'_>; 0] = [];
-        rustix::net::sendmsg_addr(&self.socket, &addr, &empty, &mut control, SendFlags::empty())
-            .map(drop)
-            .map_err(|e| self.explain(e.into()))
+        rustix::net::sendmsg_addr(
+            &self.socket,
+            &addr,
+            &empty,
+            &mut control,
+            SendFlags::empty(),
+        )
+        .map(drop)
+        .map_err(|e| self.explain(e.into()))
     }
 
     /// Names the condition behind an error where the OS's words are vague.
