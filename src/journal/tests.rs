@@ -1,6 +1,7 @@
 //! Unit tests: the wire format against a real datagram socket that plays
-//! journald, field names, bounds, the memfd fallback, the send timeout, and
-//! the mapping of a stall report.
+//! journald, field names, bounds, the memfd fallback, the send timeout, the
+//! catalog's ids, and a stall entry on the wire. The mapping of a stall
+//! report itself is tested next to it, in `stall.rs`.
 
 use std::io::{self, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -488,152 +489,13 @@ fn message_ids_are_fixed_distinct_128_bit_lowercase_hex() {
 
 // ------------------------------------------------------------ stall reports
 
-fn sample_report() -> crate::report::StallReport {
-    use crate::report::{ReportTimes, StallReport, Thresholds};
-    use crate::verdict::{Culprit, Verdict, VerdictKind};
-    StallReport {
-        id: "20260101T000000Z-main-42-1".into(),
-        loopwatch_version: "0.1.0",
-        runtime: "main".into(),
-        recovered: false,
-        duration_seconds: None,
-        stalled_for_seconds: 1.25,
-        lag_at_detection_seconds: 1.0,
-        times: ReportTimes {
-            stall_start: "2026-01-01T00:00:00.000Z".into(),
-            detected: "2026-01-01T00:00:01.000Z".into(),
-            deadline: None,
-            end: None,
-            written: "2026-01-01T00:00:01.100Z".into(),
-        },
-        thresholds: Thresholds {
-            stall_threshold_seconds: 1.0,
-            probe_interval_seconds: 0.1,
-            watchdog_seconds: Some(4.0),
-            deadline_margin_seconds: 0.5,
-        },
-        verdict: Verdict {
-            kind: VerdictKind::CpuBound,
-            summary: "the loop thread was on CPU in application code".into(),
-            evidence: vec![],
-        },
-        culprit: Some(Culprit {
-            tid: 4242,
-            thread: "tokio-runtime-w".into(),
-            function: "myapp::render::spin".into(),
-            file: Some("src/render.rs".into()),
-            line: Some(88),
-            frames: vec![],
-        }),
-        stuck_workers: vec![],
-        timeline: vec![],
-        captures: vec![],
-        threads: vec![],
-        runtime_metrics: None,
-        metrics: String::new(),
-        process: crate::procfs::process_facts(),
-        notes: vec![],
-    }
-}
-
-fn text(entry: &JournalEntry, name: &str) -> String {
-    String::from_utf8(
-        entry
-            .get(name)
-            .unwrap_or_else(|| panic!("{name} missing"))
-            .to_vec(),
-    )
-    .expect("utf-8")
-}
-
-#[test]
-fn a_stall_report_maps_to_a_stall_detected_entry() {
-    let report = sample_report();
-    let path = Path::new("/var/lib/myapp/loopwatch/stall-x.txt");
-    let entry = stall_entry(&report, Some(path));
-    assert_eq!(entry.event(), JournalEvent::StallDetected);
-    assert_eq!(entry.message_id(), MESSAGE_ID_STALL_DETECTED);
-    assert_eq!(entry.priority_level(), Priority::Error);
-    assert_eq!(
-        entry.message(),
-        "event loop \"main\" stalled for 1.2 s: cpu-bound in myapp::render::spin \
-         (src/render.rs:88); report /var/lib/myapp/loopwatch/stall-x.txt"
-    );
-    for (name, want) in [
-        ("LOOPWATCH_STALL_ID", "20260101T000000Z-main-42-1"),
-        ("LOOPWATCH_RUNTIME", "main"),
-        ("LOOPWATCH_VERDICT", "cpu-bound"),
-        ("LOOPWATCH_CULPRIT", "myapp::render::spin"),
-        ("CODE_FUNC", "myapp::render::spin"),
-        ("CODE_FILE", "src/render.rs"),
-        ("CODE_LINE", "88"),
-        ("LOOPWATCH_CULPRIT_THREAD", "tokio-runtime-w"),
-        ("LOOPWATCH_CULPRIT_TID", "4242"),
-        ("LOOPWATCH_STALLED_SECONDS", "1.250"),
-        ("LOOPWATCH_LAG_SECONDS", "1.000"),
-        ("LOOPWATCH_STALL_THRESHOLD_SECONDS", "1.000"),
-        ("LOOPWATCH_STALL_START", "2026-01-01T00:00:00.000Z"),
-        ("LOOPWATCH_DETECTED", "2026-01-01T00:00:01.000Z"),
-        ("LOOPWATCH_REPORT", "/var/lib/myapp/loopwatch/stall-x.txt"),
-        ("LOOPWATCH_VERSION", "0.1.0"),
-    ] {
-        assert_eq!(text(&entry, name), want, "{name}");
-    }
-    assert!(entry.get("LOOPWATCH_DURATION_SECONDS").is_none());
-    assert!(entry.get("LOOPWATCH_STUCK_WORKERS").is_none());
-    assert_eq!(entry.dropped_fields(), 0);
-    for (name, _) in entry.fields() {
-        assert!(field_name_is_valid(name), "{name}");
-    }
-}
-
-#[test]
-fn recovered_and_worker_reports_get_their_own_events() {
-    let mut report = sample_report();
-    report.recovered = true;
-    report.duration_seconds = Some(3.2);
-    report.times.end = Some("2026-01-01T00:00:03.200Z".into());
-    let entry = stall_entry(&report, None);
-    assert_eq!(entry.event(), JournalEvent::StallRecovered);
-    assert_eq!(entry.message_id(), MESSAGE_ID_STALL_RECOVERED);
-    assert_eq!(entry.priority_level(), Priority::Notice);
-    assert_eq!(
-        entry.message(),
-        "event loop \"main\" recovered after 3.2 s (cpu-bound in myapp::render::spin \
-         (src/render.rs:88))"
-    );
-    assert_eq!(text(&entry, "LOOPWATCH_DURATION_SECONDS"), "3.200");
-    assert_eq!(text(&entry, "LOOPWATCH_END"), "2026-01-01T00:00:03.200Z");
-    assert!(entry.get("LOOPWATCH_REPORT").is_none(), "no file, no path");
-
-    let mut report = sample_report();
-    report.verdict.kind = crate::verdict::VerdictKind::WorkerStuck;
-    report.culprit = None;
-    report.stuck_workers = vec![crate::hooks::StuckWorker {
-        worker: 1,
-        tids: vec![77],
-        thread: Some("tokio-runtime-w".into()),
-        stuck_for_seconds: 1.3,
-        task: None,
-    }];
-    let entry = stall_entry(&report, None);
-    assert_eq!(entry.event(), JournalEvent::WorkerStuck);
-    assert_eq!(entry.message_id(), MESSAGE_ID_WORKER_STUCK);
-    assert_eq!(
-        entry.message(),
-        "runtime \"main\": worker 1 stuck in a poll for 1.2 s: worker-stuck"
-    );
-    assert_eq!(text(&entry, "LOOPWATCH_STUCK_WORKERS"), "1");
-    assert!(
-        entry.get("CODE_FILE").is_none(),
-        "no culprit, no code location"
-    );
-}
-
 #[test]
 fn a_stall_entry_reaches_the_socket_intact() {
     let fake = FakeJournald::new();
-    let entry = stall_entry(&sample_report(), Some(Path::new("/tmp/stall-x.txt")));
+    let entry = stall_entry(
+        &super::stall::tests::sample_report(),
+        Some(Path::new("/tmp/stall-x.txt")),
+    );
     fake.journal().send(&entry).expect("send");
     let fields = decode(&fake.recv().payload);
     assert_eq!(value(&fields, "MESSAGE"), Some(entry.message().as_bytes()));
