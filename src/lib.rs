@@ -64,6 +64,7 @@ mod hiccups;
 pub use hiccups::{Blocker, Hiccup, HiccupCause, DEFAULT_KEEP_HICCUPS};
 mod hooks;
 pub use hooks::{RuntimeHooks, StuckTask, StuckWorker};
+pub mod journal;
 mod metrics;
 mod monitor;
 mod notify;

@@ -25,6 +25,17 @@
 //!   and talks to `$XDG_RUNTIME_DIR/systemd/private`; no D-Bus is needed
 //!   (`dbus.socket` is masked).
 //!
+//! * With [`Manager::start_with_journald`], a real `systemd-journald` runs
+//!   in the same namespaces, started by the namespace's init before the
+//!   manager: a tmpfs on `/run/log` (its volatile storage, so the host's
+//!   journal is never touched), a drop-in in `/run/systemd/journald.conf.d`
+//!   (volatile storage, no kmsg reading — `/dev/kmsg` is the FIFO above —,
+//!   no forwarding, no rate limit), its own log in `journald.log`. The
+//!   manager starts only once `/run/systemd/journal/socket` exists.
+//!   [`Manager::journalctl`] reads that journal from inside the namespaces,
+//!   and [`Manager::run_in_namespace`] runs any program there (a sender's
+//!   `_PID` must be visible in journald's PID namespace).
+//!
 //! Nothing here skips: a missing prerequisite is a test failure that says
 //! what is missing.
 #![allow(dead_code)]
@@ -43,6 +54,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const MANAGER_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one `systemctl` call may take.
 const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one `journalctl` call may take.
+const JOURNALCTL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default polling period of [`Manager::wait_for`].
 pub const POLL: Duration = Duration::from_millis(200);
 
@@ -166,6 +179,48 @@ fn tools() -> Result<Tools, String> {
         .clone()
 }
 
+/// Absolute paths of the journald programs [`Manager::start_with_journald`] needs.
+#[derive(Debug, Clone)]
+struct JournaldTools {
+    journald: PathBuf,
+    journalctl: PathBuf,
+}
+
+/// Checks for systemd-journald and journalctl; `Err` says what is missing.
+fn journald_tools() -> Result<JournaldTools, String> {
+    let journald = [
+        "/usr/lib/systemd/systemd-journald",
+        "/lib/systemd/systemd-journald",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file());
+    let journalctl = find_in_path("journalctl");
+    let mut missing = Vec::new();
+    if journald.is_none() {
+        missing.push("/usr/lib/systemd/systemd-journald (Debian package systemd)");
+    }
+    if journalctl.is_none() {
+        missing.push("`journalctl` (Debian package systemd)");
+    }
+    if !Path::new("/etc/machine-id").is_file() {
+        missing.push(
+            "/etc/machine-id (journald names its journal directory after it; \
+             `systemd-machine-id-setup` makes one)",
+        );
+    }
+    match (journald, journalctl) {
+        (Some(journald), Some(journalctl)) if missing.is_empty() => Ok(JournaldTools {
+            journald,
+            journalctl,
+        }),
+        _ => Err(format!(
+            "cannot run systemd-journald for the end-to-end tests; missing: {}",
+            missing.join("; ")
+        )),
+    }
+}
+
 /// The cgroup hierarchies systemd tracks processes in: the unified (v2) one
 /// and, in the hybrid layout, the named v1 `systemd` one.
 fn cgroup_hierarchies() -> Vec<PathBuf> {
@@ -220,6 +275,29 @@ mkfifo "$dir/kmsg.fifo"
 # closes and reopens its log.
 cat 0<>"$dir/kmsg.fifo" >>"$dir/manager.log" &
 mount --bind "$dir/kmsg.fifo" /dev/kmsg
+if [ -n "${LOOPWATCH_E2E_JOURNALD:-}" ]; then
+  mount -t tmpfs -o mode=0755 tmpfs /run/log
+  mkdir -p /run/systemd/journald.conf.d
+  printf '%s\n' '[Journal]' Storage=volatile ReadKMsg=no ForwardToSyslog=no \
+    ForwardToKMsg=no ForwardToConsole=no ForwardToWall=no RateLimitBurst=0 \
+    >/run/systemd/journald.conf.d/loopwatch-e2e.conf
+  SYSTEMD_LOG_TARGET=console SYSTEMD_LOG_LEVEL=info "$LOOPWATCH_E2E_JOURNALD" </dev/null >>"$dir/journald.log" 2>&1 &
+  journald=$!
+  tries=0
+  while [ ! -S /run/systemd/journal/socket ]; do
+    if ! kill -0 "$journald" 2>/dev/null; then
+      echo "loopwatch-e2e: systemd-journald exited before creating /run/systemd/journal/socket (see journald.log)" >&2
+      exit 12
+    fi
+    tries=$((tries + 1))
+    if [ "$tries" -gt 200 ]; then
+      echo "loopwatch-e2e: systemd-journald did not create /run/systemd/journal/socket within 10 s" >&2
+      exit 12
+    fi
+    sleep 0.05
+  done
+  echo "loopwatch-e2e: systemd-journald started (pid $journald)" >&2
+fi
 "$systemd_bin" --user --log-target=kmsg --log-level=info </dev/null >>"$dir/manager.log" 2>&1 &
 manager=$!
 echo "loopwatch-e2e: systemd --user started" >&2
@@ -242,11 +320,26 @@ pub struct Manager {
     runtime_dir: PathBuf,
     config_dir: PathBuf,
     cgroups: Vec<PathBuf>,
+    journald: Option<JournaldTools>,
 }
 
 impl Manager {
     /// Starts a manager; fails the test with what is missing if it cannot.
     pub fn start(label: &str) -> Manager {
+        Manager::start_inner(label, None)
+    }
+
+    /// Starts a manager with a real systemd-journald in its namespaces
+    /// (see the module docs); fails the test with what is missing if it
+    /// cannot, or if journald does not come up.
+    pub fn start_with_journald(label: &str) -> Manager {
+        match journald_tools() {
+            Ok(j) => Manager::start_inner(label, Some(j)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn start_inner(label: &str, journald: Option<JournaldTools>) -> Manager {
         let tools = match tools() {
             Ok(t) => t,
             Err(e) => panic!("{e}"),
@@ -321,6 +414,13 @@ impl Manager {
             .env("LANG", "C.UTF-8")
             .env("XDG_RUNTIME_DIR", &runtime_dir)
             .env("XDG_CONFIG_HOME", &config_dir)
+            .env(
+                "LOOPWATCH_E2E_JOURNALD",
+                journald
+                    .as_ref()
+                    .map(|j| j.journald.as_os_str())
+                    .unwrap_or_default(),
+            )
             .stdin(Stdio::null())
             .stdout(init_log.try_clone().expect("dup init.log"))
             .stderr(init_log);
@@ -343,8 +443,16 @@ impl Manager {
             runtime_dir,
             config_dir,
             cgroups,
+            journald,
         };
         m.wait_running();
+        if m.journald.is_some() && !m.journal_socket().exists() {
+            panic!(
+                "the manager is up but journald's socket {} is missing.\n{}",
+                m.journal_socket().display(),
+                m.diagnostics(None)
+            );
+        }
         m
     }
 
@@ -396,23 +504,18 @@ impl Manager {
         self.systemctl_ok(&["daemon-reload"]);
     }
 
-    /// Runs `systemctl --user ARGS` inside the manager's namespaces.
-    pub fn systemctl(&self, args: &[&str]) -> Output {
+    /// A command that runs `program` inside the manager's mount and PID
+    /// namespaces (through `nsenter`), with a clean environment (`PATH`,
+    /// `LANG`, `SYSTEMD_COLORS=0`, `XDG_RUNTIME_DIR`) and piped output.
+    pub fn in_namespace(&self, program: &Path) -> Command {
         let pidns = format!("--pid=/proc/{}/ns/pid_for_children", self.unshare_pid);
-        let mut child = Command::new(&self.tools.nsenter)
-            .arg("-t")
+        let mut cmd = Command::new(&self.tools.nsenter);
+        cmd.arg("-t")
             .arg(self.unshare_pid.to_string())
             .arg("-m")
             .arg(pidns)
             .arg("--")
-            .arg(&self.tools.systemctl)
-            .args([
-                "--user",
-                "--no-pager",
-                "--no-ask-password",
-                "--timestamp=us+utc",
-            ])
-            .args(args)
+            .arg(program)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("LANG", "C.UTF-8")
@@ -420,26 +523,143 @@ impl Manager {
             .env("XDG_RUNTIME_DIR", &self.runtime_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Runs `cmd` to completion, reading its output as it comes (a pipe
+    /// that fills would stall it); fails the test if it does not finish
+    /// within `timeout`.
+    pub fn output_within(&self, mut cmd: Command, timeout: Duration, what: &str) -> Output {
+        use std::io::Read;
+        let mut child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run nsenter/systemctl: {e}"));
+            .unwrap_or_else(|e| panic!("cannot run nsenter for `{what}`: {e}"));
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut p) = pipe {
+                    let _ = p.read_to_end(&mut buf);
+                }
+                buf
+            })
+        };
+        let stdout = drain(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let stderr = drain(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
         let start = Instant::now();
-        loop {
+        let status = loop {
             match child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if start.elapsed() > SYSTEMCTL_TIMEOUT => {
+                Ok(Some(status)) => break status,
+                Ok(None) if start.elapsed() > timeout => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    panic!(
-                        "`systemctl --user {}` did not finish within {SYSTEMCTL_TIMEOUT:?}",
-                        args.join(" ")
-                    );
+                    panic!("`{what}` did not finish within {timeout:?}");
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                Err(e) => panic!("waiting for systemctl: {e}"),
+                Err(e) => panic!("waiting for `{what}`: {e}"),
             }
+        };
+        Output {
+            status,
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
         }
-        child.wait_with_output().expect("collect systemctl output")
+    }
+
+    /// Runs `systemctl --user ARGS` inside the manager's namespaces.
+    pub fn systemctl(&self, args: &[&str]) -> Output {
+        let mut cmd = self.in_namespace(&self.tools.systemctl);
+        cmd.args([
+            "--user",
+            "--no-pager",
+            "--no-ask-password",
+            "--timestamp=us+utc",
+        ])
+        .args(args);
+        let what = format!("systemctl --user {}", args.join(" "));
+        self.output_within(cmd, SYSTEMCTL_TIMEOUT, &what)
+    }
+
+    /// Runs `program ARGS` inside the manager's namespaces, with `envs`
+    /// added to the clean environment of [`Manager::in_namespace`]; fails
+    /// the test if it does not finish within `timeout`.
+    pub fn run_in_namespace(
+        &self,
+        program: &Path,
+        args: &[&str],
+        envs: &[(&str, String)],
+        timeout: Duration,
+    ) -> Output {
+        let mut cmd = self.in_namespace(program);
+        cmd.args(args);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let what = format!("{} {}", program.display(), args.join(" "));
+        self.output_within(cmd, timeout, &what)
+    }
+
+    /// journald's socket, seen from outside the namespaces.
+    pub fn journal_socket(&self) -> PathBuf {
+        PathBuf::from(format!(
+            "/proc/{}/root/run/systemd/journal/socket",
+            self.unshare_pid
+        ))
+    }
+
+    /// Runs `journalctl --no-pager ARGS` inside the manager's namespaces,
+    /// where it reads the journal of the journald that
+    /// [`Manager::start_with_journald`] started. Fails the test on a
+    /// manager without journald.
+    pub fn journalctl(&self, args: &[&str]) -> Output {
+        let Some(j) = &self.journald else {
+            panic!("journalctl needs a manager started with Manager::start_with_journald");
+        };
+        let mut cmd = self.in_namespace(&j.journalctl);
+        cmd.arg("--no-pager").args(args);
+        let what = format!("journalctl {}", args.join(" "));
+        self.output_within(cmd, JOURNALCTL_TIMEOUT, &what)
+    }
+
+    /// The entries `journalctl -o json --all MATCHES` shows, each as a
+    /// field → value map (see [`journal_json_value`]). Fails the test if
+    /// journalctl fails.
+    pub fn journal_entries(&self, matches: &[&str]) -> Vec<BTreeMap<String, String>> {
+        let mut args = vec!["-o", "json", "--all"];
+        args.extend_from_slice(matches);
+        let out = self.journalctl(&args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            panic!(
+                "`journalctl {}` failed ({}): {}{stdout}\n{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr),
+                self.diagnostics(None)
+            );
+        }
+        stdout
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("journalctl printed invalid JSON ({e}): {l}"));
+                let obj = v.as_object().expect("a JSON object per entry");
+                obj.iter()
+                    .map(|(k, v)| (k.clone(), journal_json_value(v)))
+                    .collect()
+            })
+            .collect()
     }
 
     /// Like [`Manager::systemctl`], failing the test on a non-zero exit.
@@ -561,6 +781,14 @@ impl Manager {
         }
         let init = fs::read_to_string(self.dir().join("init.log")).unwrap_or_default();
         let _ = writeln!(s, "---- namespace init\n{}", tail(&init, 20));
+        if self.journald.is_some() {
+            let log = fs::read_to_string(self.dir().join("journald.log")).unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "---- systemd-journald's own log (last 30 lines)\n{}",
+                tail(&log, 30)
+            );
+        }
         let _ = writeln!(
             s,
             "---- manager log (last 60 lines)\n{}",
@@ -579,6 +807,27 @@ impl Manager {
             }
         }
         s
+    }
+}
+
+/// One field of `journalctl -o json`, as text: a string as it is; an array
+/// of bytes (what journalctl prints for binary or non-UTF-8 data) decoded
+/// lossily; for a field with several values (an array of those), the
+/// first.
+pub fn journal_json_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(items) if items.iter().all(|i| i.is_u64()) => {
+            let bytes: Vec<u8> = items
+                .iter()
+                .filter_map(|i| i.as_u64().and_then(|b| u8::try_from(b).ok()))
+                .collect();
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+        serde_json::Value::Array(items) => {
+            items.first().map(journal_json_value).unwrap_or_default()
+        }
+        other => other.to_string(),
     }
 }
 
