@@ -133,7 +133,7 @@ pub(crate) fn stall_entry(report: &StallReport, report_path: Option<&Path>) -> J
             "LOOPWATCH_REPORT",
             report_path.map(|p| p.as_os_str().as_encoded_bytes()),
         )
-        .field("LOOPWATCH_VERSION", report.loopwatch_version)
+        .field("LOOPWATCH_VERSION", &report.loopwatch_version)
 }
 
 #[cfg(test)]
@@ -149,7 +149,6 @@ pub(super) mod tests {
         use crate::verdict::{Culprit, Verdict, VerdictKind};
         StallReport {
             id: "20260101T000000Z-main-42-1".into(),
-            loopwatch_version: "0.1.0",
             runtime: "main".into(),
             recovered: false,
             duration_seconds: None,
@@ -181,14 +180,7 @@ pub(super) mod tests {
                 line: Some(88),
                 frames: vec![],
             }),
-            stuck_workers: vec![],
-            timeline: vec![],
-            captures: vec![],
-            threads: vec![],
-            runtime_metrics: None,
-            metrics: String::new(),
-            process: crate::procfs::process_facts(),
-            notes: vec![],
+            ..StallReport::empty_for_tests()
         }
     }
 
