@@ -1,15 +1,22 @@
-//! Internal pieces exposed for the benchmarks in `benches/` only.
+//! Internal pieces exposed for the benchmarks in `benches/` and the
+//! integration tests only.
 //!
 //! Not part of the public API: hidden from the docs, no stability promise.
 //! It lets criterion measure the probe and the stack capture on their own,
-//! without a monitor thread's scheduling in between.
+//! without a monitor thread's scheduling in between, and lets
+//! `tests/report_store.rs` drive the report store on real directories.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::clock;
 use crate::probe::{self, ProbeReading, ProbeShared};
+use crate::report::{ReportTimes, StallReport, Thresholds};
 use crate::stacks::{CaptureConfig, CaptureOutcome, StackSampler};
+
+pub use crate::report_store::{
+    Pin, ReportStore, Saved, DEFAULT_MAX_REPORT_BYTES_PER_HOUR, MAX_PINNED, STALE_TEMP_AGE,
+};
 
 /// A probe on a runtime, driven by hand.
 pub struct ProbeBench(Arc<ProbeShared>);
@@ -84,5 +91,45 @@ impl CaptureBench {
             unwind: c.unwind_duration,
             symbolize: c.symbolize_duration,
         }
+    }
+}
+
+/// A small report with id `id` (it decides the file names) whose JSON
+/// carries `json_padding` more bytes than its text (comment lines in the
+/// metrics text, which the text form leaves out).
+pub fn sample_report(id: &str, json_padding: usize) -> StallReport {
+    let mut metrics = String::new();
+    while metrics.len() < json_padding {
+        metrics.push_str("# padding padding padding padding padding padding padding pad\n");
+    }
+    StallReport {
+        id: id.to_string(),
+        loopwatch_version: env!("CARGO_PKG_VERSION"),
+        runtime: "main".into(),
+        recovered: false,
+        duration_seconds: None,
+        stalled_for_seconds: 1.0,
+        lag_at_detection_seconds: 1.0,
+        times: ReportTimes::default(),
+        thresholds: Thresholds {
+            stall_threshold_seconds: 1.0,
+            probe_interval_seconds: 0.1,
+            watchdog_seconds: None,
+            deadline_margin_seconds: 0.1,
+        },
+        verdict: crate::verdict::Verdict {
+            kind: crate::verdict::VerdictKind::Unknown,
+            summary: "a sample report".into(),
+            evidence: Vec::new(),
+        },
+        culprit: None,
+        stuck_workers: Vec::new(),
+        timeline: Vec::new(),
+        captures: Vec::new(),
+        threads: Vec::new(),
+        runtime_metrics: None,
+        metrics,
+        process: crate::procfs::process_facts(),
+        notes: Vec::new(),
     }
 }

@@ -33,7 +33,7 @@ use crate::report::{
     group_threads, rfc3339, CaptureInfo, LagSample, ReportTimes, RuntimeMetricsSnapshot,
     StallReport, Thresholds,
 };
-use crate::report_store::ReportStore;
+use crate::report_store::{Pin, ReportStore, Saved, DEFAULT_MAX_REPORT_BYTES_PER_HOUR};
 use crate::settings::{DiagnosticsConfig, Settings};
 use crate::stacks::{Capture, CaptureOutcome, StackSampler, ThreadStack};
 use crate::status::human;
@@ -93,6 +93,8 @@ type Presample = (u64, u64, HashMap<i32, Duration>);
 pub(crate) struct DiagnosticsCounters {
     pub reports_written: AtomicU64,
     pub reports_failed: AtomicU64,
+    /// Saves refused by the hourly byte cap.
+    pub reports_dropped: AtomicU64,
 }
 
 /// Per-watchdog diagnostics state.
@@ -119,11 +121,17 @@ impl Diagnostics {
         config: DiagnosticsConfig,
         runtimes: usize,
     ) -> crate::Result<Self> {
+        // The store first: a refused report directory fails start() before
+        // the signal handler is installed.
+        let store = ReportStore::new(
+            config.report_dir.clone(),
+            config.keep,
+            DEFAULT_MAX_REPORT_BYTES_PER_HOUR,
+        )?;
         let sampler = match &config.capture {
             Some(c) => Some(Arc::new(StackSampler::new(c.clone())?)),
             None => None,
         };
-        let store = ReportStore::new(config.report_dir.clone(), config.keep);
         Ok(Diagnostics {
             settings,
             sampler,
@@ -390,17 +398,24 @@ impl Diagnostics {
         if let Some(r) = &self.registry {
             stall.report.metrics = Metrics::encode(r);
         }
-        let path = self.store.save(&stall.report);
-        if let (Some(m), Some(_)) = (&self.metrics, self.store.dir()) {
-            m.report(path.is_some());
+        let saved = self.store.save(&stall.report, Pin::No);
+        if let Some(m) = &self.metrics {
+            match saved {
+                Saved::Written(_) => m.report(true),
+                Saved::Failed => m.report(false),
+                Saved::Dropped | Saved::StderrOnly => {}
+            }
         }
         self.counters
             .reports_written
-            .store(self.store.written, Ordering::Relaxed);
+            .store(self.store.written(), Ordering::Relaxed);
         self.counters
             .reports_failed
-            .store(self.store.failed, Ordering::Relaxed);
-        path
+            .store(self.store.failed(), Ordering::Relaxed);
+        self.counters
+            .reports_dropped
+            .store(self.store.dropped(), Ordering::Relaxed);
+        saved.path()
     }
 
     /// Step 3, when due: the second capture.
