@@ -220,6 +220,7 @@ fn a_new_directory_and_its_files_get_exact_modes_whatever_the_umask() {
         rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o777));
         let dir = PathBuf::from(std::env::var("REPORTS").unwrap());
         let mut store = ReportStore::new(Some(dir.clone()), 20, CAP).unwrap();
+        assert_eq!(mode(&dir), 0o700, "0700 as soon as it is created");
         let saved = store.save(&sample_report(&id_now(1), 0), Pin::No);
         assert!(matches!(saved, Saved::Written(_)), "{saved:?}");
         return;
@@ -302,12 +303,22 @@ fn planted_newer_names_never_delete_the_new_report() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("reports");
     fs::create_dir(&dir).unwrap();
+    // Two real reports of a run of yesterday.
+    let yesterday = SystemTime::now() - Duration::from_secs(24 * 3600);
+    let mut previous = ReportStore::new(Some(dir.clone()), 20, CAP).unwrap();
+    let mut ours = BTreeSet::new();
+    for seq in 1..=2 {
+        let id = id_at(yesterday, 4242, seq);
+        previous.save(&sample_report(&id, 0), Pin::No);
+        ours.insert(id);
+    }
+    drop(previous);
+    // Twenty planted names fifty years ahead: they sort newer than anything.
     let future = SystemTime::now() + Duration::from_secs(50 * 365 * 24 * 3600);
     for i in 0..20 {
         plant_pair(&dir, &id_at(future, 99_999, i + 1));
     }
     let mut store = ReportStore::new(Some(dir.clone()), 20, CAP).unwrap();
-    let mut ours = BTreeSet::new();
     for seq in 1..=6 {
         let id = id_now(seq);
         assert!(matches!(
@@ -318,7 +329,7 @@ fn planted_newer_names_never_delete_the_new_report() {
         let ids = report_ids(&dir);
         assert!(
             ours.is_subset(&ids),
-            "a report just written was deleted: {ids:?}"
+            "a report just written, or a real older one, was deleted before a planted one: {ids:?}"
         );
         assert_eq!(ids.len(), 20, "the keep limit still holds");
     }
