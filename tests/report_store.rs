@@ -389,7 +389,7 @@ fn things_named_like_reports_that_are_not_files_do_not_stop_retention() {
     let as_fifo = format!("stall-{}.json", id_at(old, 1, 3));
     rustix::fs::mkfifoat(
         rustix::fs::CWD,
-        &dir.join(&as_fifo),
+        dir.join(&as_fifo),
         rustix::fs::Mode::from_raw_mode(0o600),
     )
     .unwrap();
@@ -500,7 +500,13 @@ impl SmallTmpfs {
         require_root();
         let dir = tempfile::tempdir().unwrap();
         let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(dir.path())
             .status()
             .expect("run mount");

@@ -12,7 +12,7 @@
 //! * **Refusals.** A report directory that is a symbolic link, is not a
 //!   directory, or is owned by another user than the effective one is
 //!   refused. At start that is a typed error,
-//!   [`Error::ReportDir`](crate::Error::ReportDir) from
+//!   [`Error::ReportDir`] from
 //!   [`Builder::start`](crate::Builder::start): these are a wrong setting
 //!   or a planted path, they do not fix themselves, and a report directory
 //!   that silently holds nothing is found out only during the incident it
@@ -23,7 +23,7 @@
 //!   start: it is logged and tried again at each report. If the directory
 //!   turns into something refused after start, each report goes to stderr
 //!   instead and the failure is counted and logged once.
-//! * **Both files or neither** ([`write`]): `stall-<id>.json` and
+//! * **Both files or neither** ([`write`](mod@write)): `stall-<id>.json` and
 //!   `stall-<id>.txt` are written and fsync'd as temporary files, then
 //!   renamed, then the directory is fsync'd. A reader sees the previous
 //!   complete pair or the new complete pair.
