@@ -573,6 +573,29 @@ fn a_nearly_full_filesystem_leaves_no_lone_json() {
 }
 
 #[test]
+fn a_killed_writers_leftovers_filling_the_disk_are_swept_even_when_a_write_fails() {
+    let fs_ = SmallTmpfs::new("64k");
+    let dir = fs_.0.path().join("reports");
+    let mut store = ReportStore::new(Some(dir.clone()), 20, CAP).unwrap();
+    // A killed writer left eight pages behind, two minutes ago.
+    let leftover = dir.join(".stall-20260101T000000Z-main-7-0001.json.7-1.tmp");
+    fs::write(&leftover, vec![0u8; 8 * 4096]).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&leftover)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(120))
+        .unwrap();
+    fs_.fill_leaving(0);
+    let report = |seq| sample_report(&id_now(seq), 0);
+    assert_eq!(store.save(&report(1), Pin::No), Saved::Failed, "disk full");
+    assert!(!leftover.exists(), "swept after the failed write");
+    let saved = store.save(&report(2), Pin::No);
+    assert!(matches!(saved, Saved::Written(_)), "{saved:?}");
+    assert_eq!((store.written(), store.failed()), (1, 1));
+}
+
+#[test]
 fn the_byte_cap_refuses_counts_and_prints_each_report_once() {
     if common::role().as_deref() == Some("cap") {
         let dir = PathBuf::from(std::env::var("REPORTS").unwrap());

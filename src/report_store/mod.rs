@@ -282,21 +282,22 @@ impl ReportStore {
                 .print(now, &report.id, &headline, &report.to_compact_text(), true);
             return Saved::Dropped;
         }
-        let written = dir.fd().map_err(DirError::into_io).and_then(|fd| {
-            write::write_pair(
-                fd,
-                &mut self.temp_names,
-                &report.id,
-                json.as_bytes(),
-                txt.as_bytes(),
-            )
-            .map(|()| fd)
-        });
-        match written {
+        let written = match dir.fd() {
+            Err(e) => Err(e.into_io()),
             Ok(fd) => {
-                self.bytes.spend(now, size);
-                self.written += 1;
-                remember(&mut self.written_here, &report.id, self.keep);
+                let result = write::write_pair(
+                    fd,
+                    &mut self.temp_names,
+                    &report.id,
+                    json.as_bytes(),
+                    txt.as_bytes(),
+                );
+                if result.is_ok() {
+                    self.bytes.spend(now, size);
+                    remember(&mut self.written_here, &report.id, self.keep);
+                }
+                // Also after a failed write: a killed writer's leftovers
+                // may be what fills the disk.
                 let policy = Policy {
                     keep: self.keep,
                     just_written: &report.id,
@@ -304,17 +305,20 @@ impl ReportStore {
                     written_here: &self.written_here,
                     now: SystemTime::now(),
                 };
-                let swept = retention::sweep(fd, &policy);
-                let trouble = match &swept {
+                let trouble = match retention::sweep(fd, &policy) {
                     Ok(s) => (s.errors > 0 || s.truncated).then(|| format!("{s:?}")),
                     Err(e) => Some(e.to_string()),
                 };
-                if let Some(t) = trouble {
-                    if self.retention_log.open(now) {
-                        tracing::warn!(dir = %path.display(), outcome = %t,
-                            "loopwatch retention could not tidy the report directory (logged once per hour)");
-                    }
+                if let Some(t) = trouble.filter(|_| self.retention_log.open(now)) {
+                    tracing::warn!(dir = %path.display(), outcome = %t,
+                        "loopwatch retention could not tidy the report directory (logged once per hour)");
                 }
+                result
+            }
+        };
+        match written {
+            Ok(()) => {
+                self.written += 1;
                 if self.failure_logged {
                     self.failure_logged = false;
                     tracing::info!(dir = %path.display(), "loopwatch can write reports again");
