@@ -283,6 +283,12 @@ impl ReportStore {
             return Saved::Dropped;
         }
         let written = match dir.fd() {
+            // Diagnostics make every id; this only keeps a malformed one
+            // from naming a file outside the pattern retention knows.
+            _ if !names::is_report_id(&report.id) => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("report id {:?} is not of loopwatch's shape", report.id),
+            )),
             Err(e) => Err(e.into_io()),
             Ok(fd) => {
                 let result = write::write_pair(

@@ -46,6 +46,12 @@ impl<'a> ReportName<'a> {
     }
 }
 
+/// True when `id` is a report id of loopwatch's shape (so it is safe as
+/// part of a file name: no `/`, no `..`).
+pub(super) fn is_report_id(id: &str) -> bool {
+    parse_id(id).is_some()
+}
+
 /// Parses an id `<YYYYMMDDTHHMMSSZ>-<runtime>-<pid>-<seq>`.
 fn parse_id(id: &str) -> Option<ReportName<'_>> {
     let stamp = id.get(..16)?;
@@ -140,6 +146,8 @@ mod tests {
             "2026-11-24T21:57:22Z"
         );
         assert!(ReportName::parse("stall-20261124T215722Z--1-12345.txt").is_some());
+        assert!(is_report_id("20261124T215722Z-main-1-0001"));
+        assert!(!is_report_id("20261124T215722Z-../x-1-0001"));
         for bad in [
             "stall-20261124T215722Z-main-4242-0007.json.bak",
             "stall-20261124T215722Z-main-4242-0007.log",
