@@ -1,11 +1,12 @@
 //! Internal pieces exposed for the benchmarks in `benches/` and loopwatch's
-//! own fault tests only.
+//! own integration tests only.
 //!
 //! Not part of the public API: hidden from the docs, no stability promise.
 //! It lets criterion measure the probe and the stack capture on their own,
-//! without a monitor thread's scheduling in between, and lets the fault
-//! tests make the monitor thread panic or hang on purpose (one relaxed
-//! atomic load per monitor wake-up when nothing is injected).
+//! without a monitor thread's scheduling in between, lets
+//! `tests/report_store.rs` drive the report store on real directories, and
+//! lets the fault tests make the monitor thread panic or hang on purpose
+//! (one relaxed atomic load per monitor wake-up when nothing is injected).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,7 +14,12 @@ use std::time::{Duration, Instant};
 
 use crate::clock;
 use crate::probe::{self, ProbeReading, ProbeShared};
+use crate::report::StallReport;
 use crate::stacks::{CaptureConfig, CaptureOutcome, StackSampler};
+
+pub use crate::report_store::{
+    Pin, ReportStore, Saved, DEFAULT_MAX_REPORT_BYTES_PER_HOUR, MAX_PINNED, STALE_TEMP_AGE,
+};
 
 /// A probe on a runtime, driven by hand.
 pub struct ProbeBench(Arc<ProbeShared>);
@@ -123,5 +129,27 @@ pub(crate) fn injected_fault() {
             .is_ok()
     {
         panic!("fault injected by loopwatch's tests");
+    }
+}
+
+/// A small report with id `id` (it decides the file names) whose JSON
+/// carries `json_padding` more bytes than its text (comment lines in the
+/// metrics text, which the text form leaves out).
+pub fn sample_report(id: &str, json_padding: usize) -> StallReport {
+    let mut metrics = String::new();
+    while metrics.len() < json_padding {
+        metrics.push_str("# padding padding padding padding padding padding padding pad\n");
+    }
+    StallReport {
+        id: id.to_string(),
+        stalled_for_seconds: 1.0,
+        lag_at_detection_seconds: 1.0,
+        verdict: crate::verdict::Verdict {
+            kind: crate::verdict::VerdictKind::Unknown,
+            summary: "a sample report".into(),
+            evidence: Vec::new(),
+        },
+        metrics,
+        ..StallReport::blank()
     }
 }

@@ -215,6 +215,15 @@ impl Builder {
         self
     }
 
+    /// Most bytes of report files written per hour (default 16 MiB,
+    /// counted over a sliding hour); a report version beyond it is not
+    /// written, counted in `loopwatch_reports_total{result="dropped"}` and
+    /// logged at most once an hour.
+    pub fn max_report_bytes_per_hour(mut self, bytes: u64) -> Self {
+        self.requested.report_bytes_per_hour = bytes;
+        self
+    }
+
     /// Most full stall reports per runtime per hour (default 10); stalls
     /// beyond are counted and listed in the latest report's occurrences.
     pub fn max_reports_per_hour(mut self, n: u32) -> Self {
@@ -236,9 +245,46 @@ impl Builder {
     /// Writes stall reports (`stall-<id>.json` and `.txt`, mode 0600) into
     /// `dir`, created with mode 0700 if missing.
     ///
+    /// loopwatch trusts nothing in `dir`: it does not follow a symbolic
+    /// link as its last component, tightens a directory of its own user
+    /// that grants group or other access to 0700 (logged once), writes the
+    /// two files of a report both or neither, and removes only regular
+    /// files named like its own reports (keeping the newest
+    /// [`keep_reports`](Self::keep_reports)) and temporary files a killed
+    /// writer left more than a minute ago. At most 16 MiB of reports are
+    /// written per hour; a report past that cap goes to stderr (compact)
+    /// and is counted as dropped.
+    ///
     /// Default: `$STATE_DIRECTORY/loopwatch` or `$RUNTIME_DIRECTORY/loopwatch`
     /// when systemd provides one (`StateDirectory=` in the unit), else no
     /// files: the compact report goes to stderr (the journal, under systemd).
+    ///
+    /// # Errors
+    ///
+    /// [`start`](Self::start) fails with
+    /// [`Error::ReportDir`](crate::Error::ReportDir) when `dir` is a
+    /// symbolic link, exists and is not a directory, or is owned by another
+    /// user than the one loopwatch runs as. These are a wrong setting or a
+    /// planted path: they do not fix themselves, and a report directory
+    /// that silently holds nothing is found out during the incident it was
+    /// meant for. A directory that cannot be created or written *now*
+    /// (missing parent, no permission, full disk) is not an error: it is
+    /// logged, tried again at each stall, and reports go to stderr
+    /// meanwhile.
+    ///
+    /// ```no_run
+    /// # fn run(handle: tokio::runtime::Handle) -> Result<(), loopwatch::Error> {
+    /// let builder = || loopwatch::Watchdog::builder().watch("main", handle.clone());
+    /// let watchdog = match builder().report_dir("/var/lib/my-daemon/loopwatch").start() {
+    ///     Err(loopwatch::Error::ReportDir { path, source }) => {
+    ///         eprintln!("no stall report files: {}: {source}", path.display());
+    ///         builder().no_report_files().start()?
+    ///     }
+    ///     other => other?,
+    /// };
+    /// # watchdog.shutdown();
+    /// # Ok(()) }
+    /// ```
     pub fn report_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.requested.report_dir = ReportDirSetting::Dir(dir.into());
         self

@@ -117,7 +117,10 @@ pub enum Error {
     /// A message to systemd could not be sent.
     #[error("could not notify systemd: {0}")]
     Notify(#[source] io::Error),
-    /// The report directory could not be created or is not usable.
+    /// The report directory is refused: it is a symbolic link, exists and
+    /// is not a directory, or is owned by another user (see
+    /// [`Builder::report_dir`](crate::Builder::report_dir)). A directory
+    /// that merely cannot be created or written now is no error at start.
     #[error("report directory {path}: {source}")]
     ReportDir {
         /// The directory.

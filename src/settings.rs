@@ -76,6 +76,7 @@ pub(crate) struct Requested {
     pub metrics_addr: Option<String>,
     pub storm_cool_down: Duration,
     pub reports_per_hour: u32,
+    pub report_bytes_per_hour: u64,
     /// `None`: the default; `Some(None)`: hiccups off.
     pub warn_threshold: Option<Option<Duration>>,
     pub hiccup_captures_per_second: u32,
@@ -96,6 +97,7 @@ impl Default for Requested {
             metrics_addr: None,
             storm_cool_down: DEFAULT_STORM_COOL_DOWN,
             reports_per_hour: DEFAULT_REPORTS_PER_HOUR,
+            report_bytes_per_hour: crate::report_store::DEFAULT_MAX_REPORT_BYTES_PER_HOUR,
             warn_threshold: None,
             hiccup_captures_per_second: DEFAULT_HICCUP_CAPTURES_PER_SECOND,
             keep_hiccups: crate::hiccups::DEFAULT_KEEP_HICCUPS,
@@ -120,6 +122,8 @@ pub(crate) struct DiagnosticsConfig {
     pub storm_cool_down: Duration,
     /// Full reports per runtime per hour.
     pub reports_per_hour: u32,
+    /// Bytes of report files written per hour, at most.
+    pub report_bytes_per_hour: u64,
 }
 
 /// Validated, resolved settings.
@@ -267,6 +271,7 @@ impl Settings {
             trigger_watchdog: r.trigger_watchdog,
             storm_cool_down: r.storm_cool_down,
             reports_per_hour: r.reports_per_hour,
+            report_bytes_per_hour: r.report_bytes_per_hour,
         };
         Ok(Arc::new(Settings {
             threshold,

@@ -50,7 +50,7 @@ use crate::procfs;
 use crate::report::{
     group_threads, rfc3339, wall, CaptureInfo, Occurrence, RuntimeMetricsSnapshot, StallReport,
 };
-use crate::report_store::ReportStore;
+use crate::report_store::{Pin, ReportStore, Saved};
 use crate::settings::{DiagnosticsConfig, Settings};
 use crate::stacks::{Capture, CaptureOutcome, StackSampler, ThreadStack};
 use crate::status::human;
@@ -169,6 +169,8 @@ type Presample = (u64, u64, CpuTimes);
 pub(crate) struct DiagnosticsCounters {
     pub reports_written: AtomicU64,
     pub reports_failed: AtomicU64,
+    /// Saves refused by the hourly byte cap.
+    pub reports_dropped: AtomicU64,
 }
 
 /// Per-watchdog diagnostics state.
@@ -197,11 +199,17 @@ impl Diagnostics {
         config: DiagnosticsConfig,
         runtimes: usize,
     ) -> crate::Result<Self> {
+        // The store first: a refused report directory fails start() before
+        // the signal handler is installed.
+        let store = ReportStore::new(
+            config.report_dir.clone(),
+            config.keep,
+            config.report_bytes_per_hour,
+        )?;
         let sampler = match &config.capture {
             Some(c) => Some(Arc::new(StackSampler::new(c.clone())?)),
             None => None,
         };
-        let store = ReportStore::new(config.report_dir.clone(), config.keep);
         Ok(Diagnostics {
             settings,
             sampler,
@@ -688,22 +696,31 @@ impl Diagnostics {
     }
 
     fn write_report(&mut self, report: &mut StallReport, pin: bool) -> Option<PathBuf> {
-        let _ = pin;
         report.times.written = rfc3339(SystemTime::now());
         if let Some(r) = &self.registry {
             report.metrics = Metrics::encode(r);
         }
-        let path = self.store.save(report);
-        if let (Some(m), Some(_)) = (&self.metrics, self.store.dir()) {
-            m.report(path.is_some());
+        let saved = self
+            .store
+            .save(report, if pin { Pin::Yes } else { Pin::No });
+        if let Some(m) = &self.metrics {
+            match saved {
+                Saved::Written(_) => m.report("written"),
+                Saved::Failed => m.report("failed"),
+                Saved::Dropped => m.report("dropped"),
+                Saved::StderrOnly => {}
+            }
         }
         self.counters
             .reports_written
-            .store(self.store.written, Ordering::Relaxed);
+            .store(self.store.written(), Ordering::Relaxed);
         self.counters
             .reports_failed
-            .store(self.store.failed, Ordering::Relaxed);
-        path
+            .store(self.store.failed(), Ordering::Relaxed);
+        self.counters
+            .reports_dropped
+            .store(self.store.dropped(), Ordering::Relaxed);
+        saved.path()
     }
 
     /// The causes of runtime `idx`'s incident changed (the probe stalled

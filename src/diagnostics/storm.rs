@@ -246,7 +246,7 @@ mod tests {
     fn flushes_are_throttled_until_the_storm_is_over() {
         let mut s = Storm::default();
         s.full_report(key("a"), 0);
-        s.kept_mut(0).unwrap().report = Some(StallReport::empty_for_tests());
+        s.kept_mut(0).unwrap().report = Some(StallReport::blank());
         s.stall_started(1_000_000);
         assert_eq!(s.add_occurrence(0, Occurrence::default()), Some(0));
         assert!(s.due_flushes(2_000_000, COOL).is_empty(), "throttled");
@@ -264,7 +264,7 @@ mod tests {
     fn occurrences_beyond_the_cap_are_counted_not_listed() {
         let mut s = Storm::default();
         s.full_report(key("a"), 0);
-        s.kept_mut(0).unwrap().report = Some(StallReport::empty_for_tests());
+        s.kept_mut(0).unwrap().report = Some(StallReport::blank());
         for _ in 0..MAX_OCCURRENCES {
             assert!(s.add_occurrence(0, Occurrence::default()).is_some());
         }

@@ -180,7 +180,7 @@ pub(super) mod tests {
                 line: Some(88),
                 frames: vec![],
             }),
-            ..StallReport::empty_for_tests()
+            ..StallReport::blank()
         }
     }
 

@@ -2,7 +2,7 @@
 //!
 //! This module owns every `loopwatch_*` family's definition: its name, help
 //! text, type, label names, histogram buckets, and the bounded sets of label
-//! values ([`VERDICTS`], [`PingResult`], a report's `written`/`failed`). It
+//! values ([`VERDICTS`], [`PingResult`], [`REPORT_RESULTS`]). It
 //! creates the families with the series whose absence would mislead (a ping
 //! or report result at zero) and the threshold set.
 //!
@@ -55,6 +55,9 @@ pub(crate) const VERDICTS: [&str; 7] = [
 
 /// The index of `unknown` in [`VERDICTS`].
 pub(super) const UNKNOWN_VERDICT: usize = 6;
+
+/// The values of the `result` label of `loopwatch_reports_total`.
+pub(crate) const REPORT_RESULTS: [&str; 3] = ["written", "failed", "dropped"];
 
 /// The values of the `part` label of `loopwatch_internal_errors_total`:
 /// which part of loopwatch itself failed.
@@ -200,7 +203,8 @@ impl Families {
             reports: IntCounterVec::new(
                 Opts::new(
                     "loopwatch_reports_total",
-                    "Stall reports, by result: written to disk, or failed to write.",
+                    "Stall report versions, by result: written to disk, failed to write, or \
+                     dropped by the hourly byte cap.",
                 ),
                 &["result"],
             )?,
@@ -315,7 +319,7 @@ impl Families {
         for result in [PingResult::Sent, PingResult::Suppressed, PingResult::Failed] {
             families.pings.with_label_values(&[result.as_str()]);
         }
-        for result in ["written", "failed"] {
+        for result in REPORT_RESULTS {
             families.reports.with_label_values(&[result]);
         }
         for part in INTERNAL_PARTS {

@@ -18,7 +18,9 @@ use prometheus::{Gauge, Histogram, IntCounter, IntGauge, Registry, TextEncoder};
 use tokio::runtime::Handle;
 
 use super::collector::LoopwatchCollector;
-use super::families::{Families, PingResult, INTERNAL_PARTS, UNKNOWN_VERDICT, VERDICTS};
+use super::families::{
+    Families, PingResult, INTERNAL_PARTS, REPORT_RESULTS, UNKNOWN_VERDICT, VERDICTS,
+};
 use crate::error::Error;
 
 /// The children of one watched runtime, resolved once.
@@ -50,8 +52,8 @@ pub(crate) struct Metrics {
     collector: LoopwatchCollector,
     runtimes: Vec<RuntimeChildren>,
     pings: [IntCounter; 3],
-    reports_written: IntCounter,
-    reports_failed: IntCounter,
+    /// Indexed like [`REPORT_RESULTS`].
+    reports: Vec<IntCounter>,
     /// Indexed like [`INTERNAL_PARTS`].
     internal_errors: Vec<IntCounter>,
     registry: Registry,
@@ -106,8 +108,10 @@ impl Metrics {
         }
         let pings = [PingResult::Sent, PingResult::Suppressed, PingResult::Failed]
             .map(|r| families.pings.with_label_values(&[r.as_str()]));
-        let reports_written = families.reports.with_label_values(&["written"]);
-        let reports_failed = families.reports.with_label_values(&["failed"]);
+        let reports = REPORT_RESULTS
+            .iter()
+            .map(|r| families.reports.with_label_values(&[*r]))
+            .collect();
         let internal_errors = INTERNAL_PARTS
             .iter()
             .map(|p| families.internal_errors.with_label_values(&[*p]))
@@ -118,8 +122,7 @@ impl Metrics {
             collector,
             runtimes: children,
             pings,
-            reports_written,
-            reports_failed,
+            reports,
             internal_errors,
             registry: registry.clone(),
         })
@@ -217,12 +220,11 @@ impl Metrics {
         }
     }
 
-    /// Counts one stall report, written or failed.
-    pub(crate) fn report(&self, written: bool) {
-        if written {
-            self.reports_written.inc();
-        } else {
-            self.reports_failed.inc();
+    /// Counts one stall report version by its result, one of
+    /// [`REPORT_RESULTS`] (anything else is ignored).
+    pub(crate) fn report(&self, result: &str) {
+        if let Some(i) = REPORT_RESULTS.iter().position(|r| *r == result) {
+            self.reports[i].inc();
         }
     }
 

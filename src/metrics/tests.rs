@@ -44,7 +44,7 @@ fn populated() -> (Registry, Metrics, tokio::runtime::Runtime) {
     m.ping(PingResult::Sent);
     m.ping(PingResult::Suppressed);
     m.set_deadline_left(Some(Duration::from_secs(3)));
-    m.report(true);
+    m.report("written");
     m.capture_took(Duration::from_millis(4));
     m.set_worker_stuck(0, 1, true);
     (registry, m, runtime)
@@ -369,7 +369,7 @@ pub(crate) fn promtool_check_metrics(text: &str) -> String {
 fn promtool_check_metrics_has_no_finding() {
     let (registry, m, _rt) = populated();
     m.ping(PingResult::Failed);
-    m.report(false);
+    m.report("failed");
     let text = Metrics::encode(&registry);
     let findings = promtool_check_metrics(&text);
     assert!(findings.trim().is_empty(), "promtool findings:\n{findings}");

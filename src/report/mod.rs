@@ -277,10 +277,10 @@ impl StallReport {
     }
 }
 
-#[cfg(test)]
 impl StallReport {
-    /// A report with nothing in it, for unit tests of what builds on one.
-    pub(crate) fn empty_for_tests() -> StallReport {
+    /// A report with nothing in it, for tests and benches of what builds on
+    /// one.
+    pub(crate) fn blank() -> StallReport {
         StallReport {
             id: "test".into(),
             format_version: REPORT_FORMAT_VERSION,
