@@ -398,7 +398,7 @@ impl Builder {
     /// monitor thread.
     ///
     /// # Errors
-    /// A typed [`Error`] for a bad `WATCHDOG_USEC`/`WATCHDOG_PID`, a
+    /// A typed [`Error`](crate::Error) for a bad `WATCHDOG_USEC`/`WATCHDOG_PID`, a
     /// threshold not below the watchdog interval, a zero or too long probe
     /// interval, no runtime or a repeated runtime name, or a thread that
     /// could not be spawned.

@@ -247,3 +247,86 @@ fn journald_receives_structured_entries_from_journal_send() {
         "journald kept an invalid field name: {raw:#?}"
     );
 }
+
+/// The demo daemon built with the tests.
+fn demo_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current test binary");
+    let demo = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("test binary lives in target/<profile>/deps")
+        .join("examples")
+        .join("demo");
+    assert!(
+        demo.is_file(),
+        "the demo example is missing at {}: run `cargo test` (which builds examples) first",
+        demo.display()
+    );
+    demo
+}
+
+#[test]
+fn a_real_stall_of_the_demo_reaches_the_journal() {
+    let m = Manager::start_with_journald("journal-stall");
+    let reports = tempfile::tempdir().expect("report dir");
+    let out = m.run_in_namespace(
+        &demo_bin(),
+        &[
+            "--stall-after",
+            "0.5",
+            "--stall-kind",
+            "sleep",
+            "--stall-for",
+            "1.2",
+            "--threshold-ms",
+            "300",
+            "--exit-after",
+            "3",
+            "--report-dir",
+            &reports.path().display().to_string(),
+        ],
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "the demo failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e = wait_entry(
+        &m,
+        &[
+            &format!("MESSAGE_ID={MESSAGE_ID_STALL_DETECTED}"),
+            "LOOPWATCH_RUNTIME=main",
+        ],
+    );
+    assert_eq!(field(&e, "PRIORITY"), "3");
+    assert_eq!(field(&e, "LOOPWATCH_VERDICT"), "blocked-syscall", "{e:#?}");
+    assert!(
+        field(&e, "LOOPWATCH_CULPRIT").ends_with("stall_sleep"),
+        "{e:#?}"
+    );
+    assert_eq!(field(&e, "CODE_FUNC"), field(&e, "LOOPWATCH_CULPRIT"));
+    assert!(field(&e, "MESSAGE").contains("stalled"), "{e:#?}");
+    let report = field(&e, "LOOPWATCH_REPORT");
+    assert!(
+        report.starts_with(&reports.path().display().to_string()) && Path::new(report).exists(),
+        "the entry names the report on disk: {report}"
+    );
+    let id = field(&e, "LOOPWATCH_STALL_ID").to_string();
+    let r = wait_entry(
+        &m,
+        &[
+            &format!("MESSAGE_ID={MESSAGE_ID_STALL_RECOVERED}"),
+            &format!("LOOPWATCH_STALL_ID={id}"),
+        ],
+    );
+    let d: f64 = field(&r, "LOOPWATCH_DURATION_SECONDS").parse().unwrap();
+    assert!(
+        (0.9..=1.8).contains(&d),
+        "a 1.2 s stall lasted {d} s: {r:#?}"
+    );
+    assert!(field(&r, "LOOPWATCH_END").ends_with('Z'), "{r:#?}");
+}

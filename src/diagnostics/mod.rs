@@ -45,6 +45,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::clock::{self, micros, us};
 use crate::hooks::StuckWorker;
+use crate::journal::{self, Journal, JournalEntry};
 use crate::metrics::Metrics;
 use crate::procfs;
 use crate::report::{
@@ -171,6 +172,9 @@ pub(crate) struct DiagnosticsCounters {
     pub reports_failed: AtomicU64,
     /// Saves refused by the hourly byte cap.
     pub reports_dropped: AtomicU64,
+    /// Journal entries sent, and sends that failed.
+    pub journal_sent: AtomicU64,
+    pub journal_failed: AtomicU64,
 }
 
 /// Per-watchdog diagnostics state.
@@ -179,6 +183,8 @@ pub(crate) struct Diagnostics {
     config: DiagnosticsConfig,
     sampler: Option<Arc<StackSampler>>,
     store: ReportStore,
+    /// journald, under systemd: an entry per stall, recovery and storm.
+    journal: Option<Journal>,
     active: Vec<Option<Active>>,
     storms: Vec<Storm>,
     presamples: Vec<Option<Presample>>,
@@ -214,6 +220,7 @@ impl Diagnostics {
             settings,
             sampler,
             store,
+            journal: Journal::detect(),
             active: (0..runtimes).map(|_| None).collect(),
             storms: (0..runtimes).map(|_| Storm::default()).collect(),
             presamples: (0..runtimes).map(|_| None).collect(),
@@ -600,6 +607,7 @@ impl Diagnostics {
         };
         self.storms[ctx.idx].full_report(stall.key.clone(), ctx.now);
         let path = self.write(&mut stall);
+        self.to_journal(&journal::stall_entry(&stall.report, path.as_deref()));
         tracing::error!(
             runtime = ctx.runtime,
             verdict = %stall.report.verdict.kind,
@@ -723,6 +731,25 @@ impl Diagnostics {
         saved.path()
     }
 
+    /// Sends `entry` to journald under systemd; a failure is counted and
+    /// logged once until sending works again.
+    fn to_journal(&self, entry: &JournalEntry) {
+        let Some(j) = &self.journal else { return };
+        match j.send(entry) {
+            Ok(()) => {
+                self.counters.journal_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let failed = self.counters.journal_failed.fetch_add(1, Ordering::Relaxed) + 1;
+                // Logged on the 1st, 2nd, 4th, 8th, ... failure: bounded.
+                if failed.is_power_of_two() {
+                    tracing::warn!(error = %e, failed, "loopwatch could not send a journal entry; \
+                        the report files and log lines are unaffected");
+                }
+            }
+        }
+    }
+
     /// The causes of runtime `idx`'s incident changed (the probe stalled
     /// too, or the set of stuck workers changed): the verdict is decided
     /// again and the report rewritten.
@@ -815,6 +842,7 @@ impl Diagnostics {
             k.report.take()?
         };
         let path = self.write_report(&mut report, true);
+        self.to_journal(&journal::storm_entry(&report, path.as_deref()));
         if let Some(k) = self.storms[runtime].kept_mut(kept) {
             k.report = Some(report);
         }
@@ -915,6 +943,7 @@ impl Diagnostics {
                 }
                 update_durations(&mut stall, ended_at);
                 let path = self.write(&mut stall);
+                self.to_journal(&journal::stall_entry(&stall.report, path.as_deref()));
                 tracing::warn!(
                     runtime = %stall.report.runtime,
                     report = %path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(stderr)".into()),

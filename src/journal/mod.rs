@@ -88,8 +88,15 @@
 //! [`JournalEvent::StallStormCoalesced`], `PRIORITY=4` (warning). Stalls
 //! of one runtime that looked alike repeated within a cool-down, and
 //! loopwatch counted them into the previous report instead of writing full
-//! reports. Reserved: loopwatch does not send it yet (stall-storm handling
-//! will); its fields will be documented here when it does.
+//! reports (see `Builder::storm_cool_down`). Sent when a report that
+//! gained coalesced stalls is rewritten (at most every 30 s while the storm
+//! lasts, and once when it is over). Example message:
+//! `event loop "main": 37 more stall(s) like report 20261124T…-0001 (cpu-bound in myapp::render) coalesced into it`.
+//!
+//! Fields: `LOOPWATCH_STALL_ID` (the report the stalls were coalesced
+//! into), `LOOPWATCH_RUNTIME`, `LOOPWATCH_VERDICT`, `LOOPWATCH_CULPRIT` and
+//! `CODE_FUNC`, `LOOPWATCH_COALESCED_STALLS` (how many so far),
+//! `LOOPWATCH_REPORT`, `LOOPWATCH_VERSION`.
 //!
 //! ## `85a4305524654e18ae03f40edb3901af` — hiccup summary
 //!
@@ -99,9 +106,6 @@
 //! be documented here when it does.
 
 mod entry;
-// The diagnostics call this once they send stall entries; until then only
-// the tests do.
-#[allow(dead_code)]
 mod stall;
 mod transport;
 
@@ -109,8 +113,7 @@ pub use entry::{
     field_name_is_valid, sanitize_field_name, JournalEntry, JournalEvent, Priority,
     DROPPED_FIELDS_FIELD, MAX_ENTRY_BYTES, MAX_FIELDS, MAX_FIELD_NAME_LEN, MAX_MESSAGE_CHARS,
 };
-#[allow(unused_imports)]
-pub(crate) use stall::{stall_entry, stall_event};
+pub(crate) use stall::{stall_entry, storm_entry};
 pub use transport::{Journal, JOURNAL_SOCKET, SEND_TIMEOUT};
 
 /// `MESSAGE_ID` of [`JournalEvent::StallDetected`]: an event loop stalled.

@@ -136,6 +136,35 @@ pub(crate) fn stall_entry(report: &StallReport, report_path: Option<&Path>) -> J
         .field("LOOPWATCH_VERSION", &report.loopwatch_version)
 }
 
+/// The entry for a storm: `report` (at `report_path`) has had stalls
+/// coalesced into it; the entry says how many so far.
+pub(crate) fn storm_entry(report: &StallReport, report_path: Option<&Path>) -> JournalEntry {
+    let culprit = report.culprit.as_ref().map(|c| c.function.as_str());
+    let message = format!(
+        "event loop {:?}: {} more stall(s) like report {} ({}{}) coalesced into it",
+        report.runtime,
+        report.coalesced_stalls,
+        report.id,
+        report.verdict.kind,
+        culprit.map(|c| format!(" in {c}")).unwrap_or_default()
+    );
+    JournalEntry::new(JournalEvent::StallStormCoalesced, &message)
+        .field("LOOPWATCH_STALL_ID", &report.id)
+        .field("LOOPWATCH_RUNTIME", &report.runtime)
+        .field("LOOPWATCH_VERDICT", report.verdict.kind.as_str())
+        .field_opt("LOOPWATCH_CULPRIT", culprit)
+        .field_opt("CODE_FUNC", culprit)
+        .field(
+            "LOOPWATCH_COALESCED_STALLS",
+            report.coalesced_stalls.to_string(),
+        )
+        .field_opt(
+            "LOOPWATCH_REPORT",
+            report_path.map(|p| p.as_os_str().as_encoded_bytes()),
+        )
+        .field("LOOPWATCH_VERSION", &report.loopwatch_version)
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
