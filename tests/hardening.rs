@@ -226,3 +226,87 @@ fn absurd_watchdog_intervals_are_refused_or_clamped() {
         assert_child_ok(&out);
     }
 }
+
+#[test]
+fn a_stall_storm_costs_bounded_reports_and_bytes_and_keeps_the_first() {
+    let rt = common::current_thread();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = prometheus::Registry::new();
+    let wd = Watchdog::builder()
+        .stall_threshold(Duration::from_millis(200))
+        .report_dir(dir.path())
+        .registry(registry.clone())
+        .watch("main", rt.handle().clone())
+        .start()
+        .expect("start");
+    let storms = 20;
+    rt.block_on(async {
+        for _ in 0..storms {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            common::block_for(Duration::from_millis(400));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    });
+    let st = wait_for(Duration::from_secs(5), || {
+        let st = wd.status();
+        (st.runtime("main").unwrap().stalls >= storms && st.healthy).then_some(st)
+    })
+    .unwrap_or_else(|| wd.status());
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    wd.shutdown();
+    let counted = metric(&text, "loopwatch_stalls_total{runtime=\"main\"}");
+    let coalesced = metric(&text, "loopwatch_stalls_coalesced_total{runtime=\"main\"}");
+    assert_eq!(
+        st.runtime("main").unwrap().stalls,
+        storms,
+        "every stall seen: {st:?}"
+    );
+    assert_eq!(counted as u64, storms, "every stall counted:\n{text}");
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let reports = files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .count();
+    assert!(
+        reports <= 3,
+        "{reports} full reports for {storms} like stalls ({coalesced} coalesced)"
+    );
+    assert!(
+        coalesced >= (storms - 3) as f64,
+        "{coalesced} coalesced\n{text}"
+    );
+    let bytes: u64 = files
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(bytes < 1_000_000, "{bytes} bytes on disk");
+    // The first report holds the later stalls as occurrences.
+    let mut jsons: Vec<_> = files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    jsons.sort();
+    let first: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(jsons[0]).unwrap()).unwrap();
+    assert!(
+        first["id"].as_str().unwrap().ends_with("-0001"),
+        "the storm's first report is kept: {}",
+        first["id"]
+    );
+    assert!(
+        first["coalesced_stalls"].as_u64().unwrap() >= 1,
+        "later stalls are listed in the first report: {}",
+        first["coalesced_stalls"]
+    );
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}

@@ -833,6 +833,16 @@ impl Diagnostics {
         out
     }
 
+    /// At shutdown: writes every report whose coalesced stalls are not on
+    /// disk yet, whatever the throttle.
+    pub(crate) fn flush_storms(&mut self, now: u64) {
+        for i in 0..self.storms.len() {
+            for k in self.storms[i].dirty() {
+                self.flush_kept(i, k, now);
+            }
+        }
+    }
+
     /// Rewrites a kept report that gained occurrences.
     fn flush_kept(&mut self, runtime: usize, kept: usize, now: u64) -> Option<PathBuf> {
         let mut report = {

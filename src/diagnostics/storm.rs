@@ -185,6 +185,16 @@ impl Storm {
             .collect()
     }
 
+    /// Every kept report with occurrences not written yet.
+    pub(super) fn dirty(&self) -> Vec<usize> {
+        self.kept
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| k.dirty && k.report.is_some())
+            .map(|(i, _)| i)
+            .collect()
+    }
+
     /// When the next flush may be due.
     pub(super) fn next_flush(&self, cool_down: u64) -> Option<u64> {
         let storm_over = self.last_stall.map(|t| t.saturating_add(cool_down + 1));

@@ -361,6 +361,7 @@ impl Monitor {
         for (i, t) in ended {
             self.on_transition(i, t, now);
         }
+        self.diag.flush_storms(now);
         self.publish(now);
     }
 
