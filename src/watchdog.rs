@@ -272,10 +272,16 @@ impl Drop for Watchdog {
 
 /// How old the monitor's last snapshot may be before `/healthz` calls the
 /// monitor frozen: three probe intervals (the monitor wakes at least once
-/// per interval), plus the longest a stall's capture and report may keep it
-/// busy, plus a second of slack for a loaded host.
+/// per interval), plus the longest one step of a stall's diagnostics may
+/// keep it busy (the capture budget, or the symbolization budget), plus a
+/// second of slack for a loaded host. About 1.5 s with the defaults.
 fn stale_after(settings: &Settings) -> std::time::Duration {
-    settings.probe_interval * 3 + std::time::Duration::from_secs(2)
+    let busy = settings
+        .diagnostics
+        .capture
+        .as_ref()
+        .map_or(std::time::Duration::ZERO, |c| c.budget.max(c.symbolize_budget));
+    settings.probe_interval * 3 + busy + std::time::Duration::from_secs(1)
 }
 
 /// Decides whether this watchdog talks to systemd, and claims the right.
