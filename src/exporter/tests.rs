@@ -1,6 +1,8 @@
 //! Tests of the exporter over real sockets: routes and methods, keep-alive,
 //! large scrapes, health, the limits (head size, timeouts, connection cap),
 //! answering while a watched runtime is blocked, binding and start/stop.
+//! Hostile clients (floods, trickling, keep-alive idling) and `/hiccups`
+//! are in [`hostile`].
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
@@ -500,3 +502,5 @@ fn localhost_names_are_accepted() {
     assert!(exporter.local_addr().ip().is_loopback());
     assert_eq!(get(exporter.local_addr(), "/healthz").status, 200);
 }
+
+mod hostile;
