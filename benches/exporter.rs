@@ -4,11 +4,20 @@
 //!
 //! The Watchdog watches two runtimes (a 2-worker multi_thread one and a
 //! current_thread one), so the per-runtime and per-worker series exist.
+//!
+//! Issue 11 item 6, the exporter under hostile clients: `/healthz` from a
+//! fresh client must answer within 1 s in 100 % of tries while 500 idle
+//! sockets and 64 clients trickling a never-ending head (a byte every
+//! 100–300 ms) are held open, each reopened as soon as the exporter closes
+//! it; and the watched loops' lag must not change (loopwatch's own probe
+//! lag histogram, same length of time without and with the attack).
 
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -179,6 +188,7 @@ fn main() {
         rec.push(("GET /metrics, kept-alive connection", v));
     }
     g.finish();
+    let hostile = hostile_clients(&mut c, &wd, addr);
     c.final_summary();
 
     let mut t = Table::new(
@@ -196,5 +206,381 @@ fn main() {
         ]);
     }
     t.print();
+    hostile.print();
     wd.shutdown();
+}
+
+// ------------------------------------------------------- hostile clients
+
+/// Idle sockets held open by the attacker.
+const IDLE_SOCKETS: usize = 500;
+/// Clients trickling a head that never ends.
+const TRICKLERS: usize = 64;
+/// A fresh probe must be answered within this.
+const PROBE_DEADLINE: Duration = Duration::from_secs(1);
+
+/// What the attacker did, counted by its tasks.
+#[derive(Default)]
+struct AttackCounts {
+    /// Sockets connected now.
+    held: AtomicU64,
+    /// Sockets the exporter closed (each reopened at once).
+    closed_by_server: AtomicU64,
+    /// Failed connects.
+    connect_errors: AtomicU64,
+    /// Head bytes trickled.
+    trickled: AtomicU64,
+}
+
+/// 500 idle sockets and 64 tricklers on a runtime of their own, each
+/// reopened as soon as the exporter closes it.
+struct Attack {
+    counts: Arc<AttackCounts>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Attack {
+    fn start(addr: SocketAddr) -> Attack {
+        let counts = Arc::new(AttackCounts::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let c = counts.clone();
+        let thread = std::thread::Builder::new()
+            .name("attacker".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("attacker runtime");
+                rt.block_on(async move {
+                    for _ in 0..IDLE_SOCKETS {
+                        tokio::spawn(idle_client(addr, c.clone()));
+                    }
+                    for i in 0..TRICKLERS {
+                        tokio::spawn(trickler(addr, c.clone(), i as u64 + 1));
+                    }
+                    let _ = stopped.await;
+                });
+                // Dropping the runtime closes every socket.
+            })
+            .expect("spawn attacker");
+        Attack {
+            counts,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Attack {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Connects, sends nothing, and reconnects when the exporter closes it.
+async fn idle_client(addr: SocketAddr, c: Arc<AttackCounts>) {
+    use tokio::io::AsyncReadExt;
+    loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(mut s) => {
+                c.held.fetch_add(1, Ordering::Relaxed);
+                let mut buf = [0u8; 256];
+                // Returns on EOF or reset: the exporter closed it.
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    let _ = n;
+                }
+                c.held.fetch_sub(1, Ordering::Relaxed);
+                c.closed_by_server.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                c.connect_errors.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Connects and sends a head one byte every 100–300 ms, never its end;
+/// reconnects when the exporter closes it.
+async fn trickler(addr: SocketAddr, c: Arc<AttackCounts>, seed: u64) {
+    use tokio::io::AsyncWriteExt;
+    let head = b"GET /healthz HTTP/1.1\r\nHost: bench\r\nX-Trickle: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(mut s) => {
+                c.held.fetch_add(1, Ordering::Relaxed);
+                for i in 0.. {
+                    // xorshift64: a pause of 100–300 ms.
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    tokio::time::sleep(Duration::from_millis(100 + rng % 201)).await;
+                    let mut probe = [0u8; 64];
+                    let closed = match s.try_read(&mut probe) {
+                        Ok(n) => n == 0,
+                        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                    };
+                    if closed || s.write_all(&head[i % head.len()..][..1]).await.is_err() {
+                        break;
+                    }
+                    c.trickled.fetch_add(1, Ordering::Relaxed);
+                }
+                c.held.fetch_sub(1, Ordering::Relaxed);
+                c.closed_by_server.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                c.connect_errors.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+
+/// One fresh `/healthz` probe: connect, ask, read to the end. The time it
+/// took, and whether it got a 200 (within a 5 s hard limit).
+fn probe_healthz(addr: SocketAddr) -> (Duration, bool) {
+    let t0 = Instant::now();
+    let limit = Duration::from_secs(5);
+    let answered = (|| -> std::io::Result<bool> {
+        let mut s = TcpStream::connect_timeout(&addr, limit)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(limit))?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)?;
+        Ok(out.starts_with(b"HTTP/1.1 200"))
+    })()
+    .unwrap_or(false);
+    (t0.elapsed(), answered)
+}
+
+/// One runtime's probe lag histogram, as gathered.
+#[derive(Clone, Default)]
+struct LagHistogram {
+    count: u64,
+    sum: f64,
+    /// (upper bound in s, cumulative count)
+    buckets: Vec<(f64, u64)>,
+}
+
+fn lag_histograms(wd: &loopwatch::Watchdog) -> Vec<(String, LagHistogram)> {
+    let mut out = Vec::new();
+    for fam in wd.registry().gather() {
+        if fam.get_name() != "loopwatch_probe_lag_seconds" {
+            continue;
+        }
+        for m in fam.get_metric() {
+            let rt = m
+                .get_label()
+                .iter()
+                .find(|l| l.get_name() == "runtime")
+                .map(|l| l.get_value().to_string())
+                .unwrap_or_default();
+            let h = m.get_histogram();
+            out.push((
+                rt,
+                LagHistogram {
+                    count: h.get_sample_count(),
+                    sum: h.get_sample_sum(),
+                    buckets: h
+                        .get_bucket()
+                        .iter()
+                        .map(|b| (b.get_upper_bound(), b.get_cumulative_count()))
+                        .collect(),
+                },
+            ));
+        }
+    }
+    out
+}
+
+/// Lag over a window: probes, mean (µs), share above 1 ms, and the bucket
+/// bound under which 99 % of probes fell (ms).
+struct LagWindow {
+    probes: u64,
+    mean_us: f64,
+    over_1ms: f64,
+    p99_bound_ms: f64,
+}
+
+fn lag_window(before: &LagHistogram, after: &LagHistogram) -> LagWindow {
+    let probes = after.count - before.count;
+    let n = probes.max(1) as f64;
+    let delta: Vec<(f64, u64)> = after
+        .buckets
+        .iter()
+        .zip(&before.buckets)
+        .map(|(a, b)| (a.0, a.1 - b.1))
+        .collect();
+    let under_1ms = delta
+        .iter()
+        .find(|(le, _)| (*le - 0.001).abs() < 1e-9)
+        .map_or(0, |d| d.1);
+    let p99_bound = delta
+        .iter()
+        .find(|(_, c)| *c as f64 >= 0.99 * n)
+        .map_or(f64::INFINITY, |d| d.0);
+    LagWindow {
+        probes,
+        mean_us: (after.sum - before.sum) / n * 1e6,
+        over_1ms: (probes - under_1ms) as f64 / n,
+        p99_bound_ms: p99_bound * 1e3,
+    }
+}
+
+/// Lag of every watched runtime over `window`, while `during` runs.
+fn measure_lag(
+    wd: &loopwatch::Watchdog,
+    window: Duration,
+    during: impl FnOnce(),
+) -> Vec<(String, LagWindow)> {
+    let before = lag_histograms(wd);
+    let t0 = Instant::now();
+    during();
+    if let Some(rest) = window.checked_sub(t0.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    let after = lag_histograms(wd);
+    before
+        .iter()
+        .filter_map(|(rt, b)| {
+            let a = &after.iter().find(|(r, _)| r == rt)?.1;
+            Some((rt.clone(), lag_window(b, a)))
+        })
+        .collect()
+}
+
+/// What the hostile-clients group measured.
+struct Hostile {
+    probes: Vec<(Duration, bool)>,
+    quiet_lag: Vec<(String, LagWindow)>,
+    attack_lag: Vec<(String, LagWindow)>,
+    attack: Vec<String>,
+    exporter_cpu: f64,
+}
+
+fn hostile_clients(c: &mut Criterion, wd: &loopwatch::Watchdog, addr: SocketAddr) -> Hostile {
+    let window = Duration::from_millis(pick(8000, 1500));
+    // The same window without attack first: the lag to compare with.
+    let quiet_lag = measure_lag(wd, window, || {});
+    let attack = Attack::start(addr);
+    // Let the attacker fill the exporter (and its accept queue).
+    let t0 = Instant::now();
+    while attack.counts.held.load(Ordering::Relaxed) < (IDLE_SOCKETS + TRICKLERS) as u64 / 2
+        && t0.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let closed0 = attack.counts.closed_by_server.load(Ordering::Relaxed);
+    let cpu0 = threads_cpu_ns("loopwatch-expo");
+    let wall0 = Instant::now();
+    let mut probes = Vec::new();
+    let mut held = Vec::new();
+    let attack_lag = measure_lag(wd, window, || {
+        let mut g = c.benchmark_group("exporter under hostile clients");
+        g.sample_size(pick(20, 10))
+            .warm_up_time(Duration::from_millis(pick(300, 20)))
+            .measurement_time(Duration::from_millis(pick(5000, 300)));
+        g.bench_function(
+            "GET /healthz, new connection, 500 idle + 64 trickling sockets held",
+            |b| {
+                b.iter_custom(|iters| {
+                    let t0 = Instant::now();
+                    for _ in 0..iters {
+                        probes.push(probe_healthz(addr));
+                        held.push(attack.counts.held.load(Ordering::Relaxed));
+                    }
+                    t0.elapsed()
+                })
+            },
+        );
+        g.finish();
+    });
+    let wall = wall0.elapsed();
+    let exporter_cpu = (threads_cpu_ns("loopwatch-expo") - cpu0) as f64 / wall.as_nanos() as f64;
+    let closed = attack.counts.closed_by_server.load(Ordering::Relaxed) - closed0;
+    held.sort_unstable();
+    let attack_lines = vec![
+        format!(
+            "attacker sockets connected at each probe: min {}, median {}, max {} (of {} wanted)",
+            held.first().copied().unwrap_or(0),
+            held.get(held.len() / 2).copied().unwrap_or(0),
+            held.last().copied().unwrap_or(0),
+            IDLE_SOCKETS + TRICKLERS
+        ),
+        format!(
+            "attacker sockets closed by the exporter and reopened: {closed} in {:.1} s ({:.0}/s); connect errors {}; head bytes trickled {}",
+            wall.as_secs_f64(),
+            closed as f64 / wall.as_secs_f64(),
+            attack.counts.connect_errors.load(Ordering::Relaxed),
+            attack.counts.trickled.load(Ordering::Relaxed),
+        ),
+    ];
+    drop(attack);
+    Hostile {
+        probes,
+        quiet_lag,
+        attack_lag,
+        attack: attack_lines,
+        exporter_cpu,
+    }
+}
+
+impl Hostile {
+    fn print(&self) {
+        let ms_of: Vec<f64> = self.probes.iter().map(|p| ms(p.0)).collect();
+        let s = stats(&ms_of);
+        let in_time = self
+            .probes
+            .iter()
+            .filter(|(d, ok)| *ok && *d <= PROBE_DEADLINE)
+            .count();
+        let share = in_time as f64 / self.probes.len().max(1) as f64;
+        let mut t = Table::new(
+            "exporter under hostile clients: fresh GET /healthz (all iterations, warm-up included)",
+            &["probes", "200 within 1 s", "median ms", "p99 ms", "max ms", "target"],
+        );
+        t.row(vec![
+            self.probes.len().to_string(),
+            format!("{in_time} ({:.1} %)", share * 100.0),
+            f(s.median, 2),
+            f(s.p99, 2),
+            f(s.max, 2),
+            verdict(in_time == self.probes.len() && !self.probes.is_empty()),
+        ]);
+        t.print();
+        for line in &self.attack {
+            println!("{line}");
+        }
+        println!(
+            "exporter thread CPU during the attack: {:.1} % of one core",
+            self.exporter_cpu * 100.0
+        );
+        let mut t = Table::new(
+            "watched loops' probe lag, same window without and with the attack",
+            &["runtime", "window", "probes", "mean µs", "> 1 ms", "p99 ≤ (bucket) ms"],
+        );
+        for (name, rows) in [("quiet", &self.quiet_lag), ("attack", &self.attack_lag)] {
+            for (rt, w) in rows {
+                t.row(vec![
+                    rt.clone(),
+                    name.to_string(),
+                    w.probes.to_string(),
+                    f(w.mean_us, 1),
+                    format!("{:.1} %", w.over_1ms * 100.0),
+                    f(w.p99_bound_ms, 2),
+                ]);
+            }
+        }
+        t.print();
+    }
 }
