@@ -91,7 +91,9 @@ fn a_trickled_head_is_cut_at_the_head_timeout_although_bytes_keep_coming() {
         "trickling client closed after {closed_after:?} ({sent} bytes sent)"
     );
     assert!(sent >= 3, "only {sent} bytes were sent before the close");
-    assert!(eventually(|| exporter.counters().snapshot().head_timeouts == 1));
+    assert!(eventually(
+        || exporter.counters().snapshot().head_timeouts == 1
+    ));
 }
 
 /// Opens `n` connections to `addr` that never send anything.
