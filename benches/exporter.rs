@@ -394,22 +394,52 @@ async fn trickler(addr: SocketAddr, c: Arc<AttackCounts>, seed: u64) {
     }
 }
 
-/// One fresh `/healthz` probe: connect, ask, read to the end. The time it
-/// took, and whether it got a 200 (within a 5 s hard limit).
-fn probe_healthz(addr: SocketAddr) -> (Duration, bool) {
+/// One fresh `/healthz` probe, as the client saw it.
+struct Probe {
+    /// From `connect` to the end of the answer (or the failure).
+    took: Duration,
+    /// From `connect` returning to the request written: a client that
+    /// waits long here looks idle to the exporter.
+    write_gap: Duration,
+    /// `None` for a 200; else what went wrong.
+    failure: Option<String>,
+}
+
+/// One fresh `/healthz` probe: connect, ask, read to the end (5 s hard
+/// limit).
+fn probe_healthz(addr: SocketAddr) -> Probe {
     let t0 = Instant::now();
     let limit = Duration::from_secs(5);
-    let answered = (|| -> std::io::Result<bool> {
-        let mut s = TcpStream::connect_timeout(&addr, limit)?;
-        s.set_nodelay(true)?;
-        s.set_read_timeout(Some(limit))?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")?;
+    let mut write_gap = Duration::ZERO;
+    let failure = (|| -> Result<(), String> {
+        let mut s =
+            TcpStream::connect_timeout(&addr, limit).map_err(|e| format!("connect: {e}"))?;
+        let connected = Instant::now();
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(limit)).map_err(|e| e.to_string())?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+            .map_err(|e| format!("write: {e}"))?;
+        write_gap = connected.elapsed();
         let mut out = Vec::new();
-        s.read_to_end(&mut out)?;
-        Ok(out.starts_with(b"HTTP/1.1 200"))
+        s.read_to_end(&mut out)
+            .map_err(|e| format!("read: {:?}", e.kind()))?;
+        if out.starts_with(b"HTTP/1.1 200") {
+            Ok(())
+        } else if out.is_empty() {
+            Err("closed without an answer".into())
+        } else {
+            Err(format!(
+                "answered {:?}",
+                String::from_utf8_lossy(&out[..out.len().min(12)])
+            ))
+        }
     })()
-    .unwrap_or(false);
-    (t0.elapsed(), answered)
+    .err();
+    Probe {
+        took: t0.elapsed(),
+        write_gap,
+        failure,
+    }
 }
 
 /// One runtime's probe lag histogram, as gathered.
@@ -511,7 +541,7 @@ fn measure_lag(
 /// One window of the hostile-clients group: fresh probes and lag.
 struct Phase {
     name: &'static str,
-    probes: Vec<(Duration, bool)>,
+    probes: Vec<Probe>,
     lag: Vec<(String, LagWindow)>,
     /// Exporter thread CPU, share of one core.
     exporter_cpu: f64,
@@ -524,79 +554,120 @@ struct Hostile {
     phases: Vec<Phase>,
 }
 
+/// Period of the paced probes: a probe every 10 ms (a kubelet probes every
+/// few seconds; this is many times that, yet leaves the CPU to the loops).
+const PACED_EVERY: Duration = Duration::from_millis(10);
+
 fn hostile_clients(c: &mut Criterion, wd: &loopwatch::Watchdog, addr: SocketAddr) -> Hostile {
-    let mut phases = Vec::new();
-    // The same probing without and with the attack.
-    for (name, attacked) in [("quiet", false), ("attack", true)] {
-        let attack = attacked.then(|| {
-            let a = Attack::start(addr);
-            // Let the attacker fill the exporter and its accept queue.
-            std::thread::sleep(Duration::from_millis(1500));
-            a
-        });
-        let closed0 = attack
-            .as_ref()
-            .map_or(0, |a| a.counts.closed_by_server.load(Ordering::Relaxed));
-        let cpu0 = threads_cpu_ns("loopwatch-expo");
-        let wall0 = Instant::now();
-        let mut probes = Vec::new();
-        let mut held = Vec::new();
-        let lag = measure_lag(wd, Duration::ZERO, || {
-            let mut g = c.benchmark_group("exporter under hostile clients");
-            g.sample_size(pick(20, 10))
-                .warm_up_time(Duration::from_millis(pick(300, 20)))
-                .measurement_time(Duration::from_millis(pick(6000, 300)));
-            let bench_name = if attacked {
-                "GET /healthz, new connection, 500 idle + 64 trickling sockets held"
-            } else {
-                "GET /healthz, new connection, no attack"
-            };
-            g.bench_function(bench_name, |b| {
-                b.iter_custom(|iters| {
-                    let t0 = Instant::now();
-                    for _ in 0..iters {
-                        probes.push(probe_healthz(addr));
-                        if let Some(a) = &attack {
-                            held.push(a.counts.held.load(Ordering::Relaxed));
-                        }
-                    }
-                    t0.elapsed()
-                })
-            });
-            g.finish();
-        });
-        let wall = wall0.elapsed();
-        let exporter_cpu =
-            (threads_cpu_ns("loopwatch-expo") - cpu0) as f64 / wall.as_nanos() as f64;
-        let mut lines = Vec::new();
-        if let Some(a) = &attack {
-            let closed = a.counts.closed_by_server.load(Ordering::Relaxed) - closed0;
-            held.sort_unstable();
-            lines.push(format!(
-                "attacker sockets connected at each probe: min {}, median {}, max {} (of {} wanted)",
-                held.first().copied().unwrap_or(0),
-                held.get(held.len() / 2).copied().unwrap_or(0),
-                held.last().copied().unwrap_or(0),
-                IDLE_SOCKETS + TRICKLERS
-            ));
-            lines.push(format!(
-                "attacker sockets closed by the exporter and reopened: {closed} in {:.1} s ({:.0}/s); connect errors {}; head bytes trickled {}",
-                wall.as_secs_f64(),
-                closed as f64 / wall.as_secs_f64(),
-                a.counts.connect_errors.load(Ordering::Relaxed),
-                a.counts.trickled.load(Ordering::Relaxed),
-            ));
-        }
-        drop(attack);
-        phases.push(Phase {
-            name,
-            probes,
-            lag,
-            exporter_cpu,
-            attack: lines,
-        });
-    }
+    let mut phases = vec![
+        phase(c, wd, addr, "quiet, back-to-back", None, false),
+        phase(c, wd, addr, "quiet, every 10 ms", None, true),
+    ];
+    let attack = Attack::start(addr);
+    // Let the attacker fill the exporter and its accept queue.
+    std::thread::sleep(Duration::from_millis(1500));
+    phases.push(phase(
+        c,
+        wd,
+        addr,
+        "attack, every 10 ms",
+        Some(&attack),
+        true,
+    ));
+    phases.push(phase(
+        c,
+        wd,
+        addr,
+        "attack, back-to-back",
+        Some(&attack),
+        false,
+    ));
+    drop(attack);
     Hostile { phases }
+}
+
+/// Fresh `/healthz` probes, back to back under criterion or one every
+/// [`PACED_EVERY`], with the watched loops' lag over the same time.
+fn phase(
+    c: &mut Criterion,
+    wd: &loopwatch::Watchdog,
+    addr: SocketAddr,
+    name: &'static str,
+    attack: Option<&Attack>,
+    paced: bool,
+) -> Phase {
+    let closed0 = attack.map_or(0, |a| a.counts.closed_by_server.load(Ordering::Relaxed));
+    let cpu0 = threads_cpu_ns("loopwatch-expo");
+    let wall0 = Instant::now();
+    let mut probes = Vec::new();
+    let mut held = Vec::new();
+    let mut one = |probes: &mut Vec<Probe>| {
+        probes.push(probe_healthz(addr));
+        if let Some(a) = attack {
+            held.push(a.counts.held.load(Ordering::Relaxed));
+        }
+    };
+    let lag = measure_lag(wd, Duration::ZERO, || {
+        if paced {
+            let window = Duration::from_millis(pick(8000, 1000));
+            let mut next = Instant::now();
+            while wall0.elapsed() < window {
+                one(&mut probes);
+                next += PACED_EVERY;
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            return;
+        }
+        let mut g = c.benchmark_group("exporter under hostile clients");
+        g.sample_size(pick(20, 10))
+            .warm_up_time(Duration::from_millis(pick(300, 20)))
+            .measurement_time(Duration::from_millis(pick(6000, 300)));
+        let bench_name = if attack.is_some() {
+            "GET /healthz, new connection, 500 idle + 64 trickling sockets held"
+        } else {
+            "GET /healthz, new connection, no attack"
+        };
+        g.bench_function(bench_name, |b| {
+            b.iter_custom(|iters| {
+                let t0 = Instant::now();
+                for _ in 0..iters {
+                    one(&mut probes);
+                }
+                t0.elapsed()
+            })
+        });
+        g.finish();
+    });
+    let wall = wall0.elapsed();
+    let exporter_cpu = (threads_cpu_ns("loopwatch-expo") - cpu0) as f64 / wall.as_nanos() as f64;
+    let mut lines = Vec::new();
+    if let Some(a) = attack {
+        let closed = a.counts.closed_by_server.load(Ordering::Relaxed) - closed0;
+        held.sort_unstable();
+        lines.push(format!(
+            "{name}: attacker sockets connected at each probe: min {}, median {}, max {} (of {} wanted)",
+            held.first().copied().unwrap_or(0),
+            held.get(held.len() / 2).copied().unwrap_or(0),
+            held.last().copied().unwrap_or(0),
+            IDLE_SOCKETS + TRICKLERS
+        ));
+        lines.push(format!(
+            "{name}: attacker sockets closed by the exporter and reopened: {closed} in {:.1} s ({:.0}/s); connect errors {}; head bytes trickled {}",
+            wall.as_secs_f64(),
+            closed as f64 / wall.as_secs_f64(),
+            a.counts.connect_errors.load(Ordering::Relaxed),
+            a.counts.trickled.load(Ordering::Relaxed),
+        ));
+    }
+    Phase {
+        name,
+        probes,
+        lag,
+        exporter_cpu,
+        attack: lines,
+    }
 }
 
 impl Hostile {
@@ -615,12 +686,12 @@ impl Hostile {
             ],
         );
         for p in &self.phases {
-            let ms_of: Vec<f64> = p.probes.iter().map(|x| ms(x.0)).collect();
+            let ms_of: Vec<f64> = p.probes.iter().map(|x| ms(x.took)).collect();
             let s = stats(&ms_of);
             let in_time = p
                 .probes
                 .iter()
-                .filter(|(d, ok)| *ok && *d <= PROBE_DEADLINE)
+                .filter(|x| x.failure.is_none() && x.took <= PROBE_DEADLINE)
                 .count();
             let share = in_time as f64 / p.probes.len().max(1) as f64;
             t.row(vec![
@@ -638,6 +709,26 @@ impl Hostile {
         for p in &self.phases {
             for line in &p.attack {
                 println!("{line}");
+            }
+            let gaps: Vec<f64> = p.probes.iter().map(|x| us(x.write_gap)).collect();
+            let g = stats(&gaps);
+            println!(
+                "{}: probe connect-to-request gap median {:.0} µs, p99 {:.0} µs, max {:.0} µs",
+                p.name, g.median, g.p99, g.max
+            );
+            let mut failures: Vec<(&str, Duration, Duration)> = p
+                .probes
+                .iter()
+                .filter_map(|x| Some((x.failure.as_deref()?, x.took, x.write_gap)))
+                .collect();
+            failures.sort_by(|a, b| a.0.cmp(b.0));
+            for (what, took, gap) in failures.iter().take(20) {
+                println!(
+                    "{}: failed probe after {:.2} ms (connect-to-request gap {:.2} ms): {what}",
+                    p.name,
+                    ms(*took),
+                    ms(*gap)
+                );
             }
         }
         let mut t = Table::new(

@@ -166,6 +166,13 @@ impl<H> ConnectionTable<H> {
         self.open.len()
     }
 
+    /// True when the table holds as many connections as allowed (after
+    /// forgetting those whose task is over).
+    pub(super) fn is_full(&mut self) -> bool {
+        self.forget_closed();
+        self.open.len() >= self.max
+    }
+
     /// Decides whether one more connection can be admitted; at the cap, the
     /// idle connection with the oldest idle time is removed and returned.
     pub(super) fn make_room(&mut self) -> Room<H> {

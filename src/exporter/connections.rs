@@ -55,8 +55,8 @@ const MIN_HEAD_BYTES: usize = 8192;
 /// `accept` is logged.
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
-/// How many times at most the accept loop lets connections that have not
-/// been polled yet run before deciding on a new one (see [`Room::NotYet`]).
+/// How many times at most the accept loop, at the cap, lets the other
+/// connections run before deciding on a new one (see [`admit`]).
 const MAX_ADMISSION_YIELDS: usize = 16;
 
 /// Bounds that keep a misbehaving client from wedging the exporter.
@@ -214,9 +214,17 @@ pub(super) async fn accept_loop(
 
 /// Makes room in `table` for one more connection: false when it must be
 /// refused. An evicted connection's task is aborted (its socket closed).
+///
+/// At the cap it first yields: the accept loop is a task like the
+/// connections', so every connection whose socket became readable runs
+/// (and reads the head waiting there, which makes it busy) before the
+/// longest idle one is chosen. Without it a burst of accepts decides on
+/// stale states and can evict a probe whose request has already arrived.
 async fn admit(table: &mut ConnectionTable<AbortHandle>, counters: &ExporterCounters) -> bool {
     let mut yields = 0;
-    loop {
+    while table.is_full() && yields < MAX_ADMISSION_YIELDS {
+        yields += 1;
+        tokio::task::yield_now().await;
         match table.make_room() {
             Room::Free => return true,
             Room::Evicted(task) => {
@@ -225,15 +233,12 @@ async fn admit(table: &mut ConnectionTable<AbortHandle>, counters: &ExporterCoun
                 return true;
             }
             Room::Full => return false,
-            // Let the connections accepted last read what their clients
-            // sent: one of them may be a probe whose request is waiting.
-            Room::NotYet if yields < MAX_ADMISSION_YIELDS => {
-                yields += 1;
-                tokio::task::yield_now().await;
-            }
-            Room::NotYet => return false,
+            // Connections accepted last have not read what their clients
+            // sent yet: let them run, then decide.
+            Room::NotYet => {}
         }
     }
+    !table.is_full()
 }
 
 /// True when a rate-limited log line may be written now.

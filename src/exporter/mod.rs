@@ -241,7 +241,12 @@ fn run(
             }
         };
         let _ = ready.send(Ok(()));
-        accept_loop(listener, endpoints, limits, counters, stop).await;
+        // A task, not the `block_on` future: it then queues behind the
+        // connections woken by the same I/O events, so they run first.
+        let accepting = tokio::spawn(accept_loop(listener, endpoints, limits, counters, stop));
+        if accepting.await.is_err() {
+            tracing::error!("loopwatch exporter's accept loop panicked");
+        }
     });
     // Dropping the runtime drops every connection still open.
 }
