@@ -398,6 +398,8 @@ async fn trickler(addr: SocketAddr, c: Arc<AttackCounts>, seed: u64) {
 struct Probe {
     /// From `connect` to the end of the answer (or the failure).
     took: Duration,
+    /// `connect` alone.
+    connect: Duration,
     /// From `connect` returning to the request written: a client that
     /// waits long here looks idle to the exporter.
     write_gap: Duration,
@@ -411,10 +413,12 @@ fn probe_healthz(addr: SocketAddr) -> Probe {
     let t0 = Instant::now();
     let limit = Duration::from_secs(5);
     let mut write_gap = Duration::ZERO;
+    let mut connect = Duration::ZERO;
     let failure = (|| -> Result<(), String> {
         let mut s =
             TcpStream::connect_timeout(&addr, limit).map_err(|e| format!("connect: {e}"))?;
         let connected = Instant::now();
+        connect = t0.elapsed();
         s.set_nodelay(true).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(limit)).map_err(|e| e.to_string())?;
         s.write_all(b"GET /healthz HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
@@ -437,6 +441,7 @@ fn probe_healthz(addr: SocketAddr) -> Probe {
     .err();
     Probe {
         took: t0.elapsed(),
+        connect,
         write_gap,
         failure,
     }
@@ -716,18 +721,14 @@ impl Hostile {
                 "{}: probe connect-to-request gap median {:.0} µs, p99 {:.0} µs, max {:.0} µs",
                 p.name, g.median, g.p99, g.max
             );
-            let mut failures: Vec<(&str, Duration, Duration)> = p
-                .probes
-                .iter()
-                .filter_map(|x| Some((x.failure.as_deref()?, x.took, x.write_gap)))
-                .collect();
-            failures.sort_by(|a, b| a.0.cmp(b.0));
-            for (what, took, gap) in failures.iter().take(20) {
+            for x in p.probes.iter().filter(|x| x.failure.is_some()).take(20) {
                 println!(
-                    "{}: failed probe after {:.2} ms (connect-to-request gap {:.2} ms): {what}",
+                    "{}: failed probe after {:.2} ms (connect {:.2} ms, then request written in {:.2} ms): {}",
                     p.name,
-                    ms(*took),
-                    ms(*gap)
+                    ms(x.took),
+                    ms(x.connect),
+                    ms(x.write_gap),
+                    x.failure.as_deref().unwrap_or("")
                 );
             }
         }

@@ -15,9 +15,15 @@
 //!   beyond it: hyper's read buffer limit);
 //! * a connection is wound down gracefully after [`ExporterLimits::timeout`]
 //!   and dropped after twice that;
+//! * the kernel queues up to [`LISTEN_BACKLOG`] connections not yet
+//!   accepted, so a flood does not make it drop a probe's SYN;
 //! * a failing `accept` (typically `EMFILE`) backs off instead of spinning;
 //!   refusals, evictions and accept errors are counted
 //!   ([`ExporterCounters`]) and logged at most once a minute each.
+//!
+//! The accept loop runs as a task of the exporter's runtime, like the
+//! connections, and at the cap lets them run before choosing whom to evict
+//! ([`admit`]): the choice is made on fresh states.
 //!
 //! HTTP parsing is hyper's. It does not decide what a request gets back
 //! ([`super::routes`] does), nor own the exporter's thread and runtime (the

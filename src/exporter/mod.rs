@@ -107,7 +107,7 @@ impl Exporter {
             return Err(Error::InvalidSetting {
                 setting: "serve_metrics",
                 reason: format!(
-                    "the exporter needs a positive timeout and at least one connection, got {limits:?}"
+                    "the exporter needs a positive timeout and head timeout and at least one connection, got {limits:?}"
                 ),
             });
         }
