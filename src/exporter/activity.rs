@@ -3,8 +3,8 @@
 //! This module owns the two thin wrappers that move a connection's
 //! [`Slot`] between its states as hyper serves it:
 //!
-//! * [`TrackedStream`], around the socket: hyper's first read marks a new
-//!   connection as polled, and a flush that finds nothing left to write
+//! * [`TrackedStream`], around the socket: hyper's first read attempt
+//!   marks a new connection as polled, and a flush that finds nothing left to write
 //!   after a response marks it idle again (from that moment: the same
 //!   moment hyper restarts its header read timer for the next request);
 //! * [`TrackedBody`], around a response body: dropping it (hyper does as

@@ -11,10 +11,10 @@
 //!   head: its first one, or the next one on keep-alive) is evicted to make
 //!   room, so a burst of idle or trickling sockets can never lock a liveness
 //!   probe out;
-//! * a connection accepted but not yet polled is never evicted (it has not
-//!   had the chance to read the head its client may already have sent): if
-//!   only such connections stand in the way, the caller lets them run and
-//!   asks again;
+//! * a connection accepted but not yet polled is never evicted (its socket
+//!   is not even registered with the reactor, so a head its client already
+//!   sent cannot have been seen): if only such connections stand in the
+//!   way, the caller lets them run and asks again;
 //! * only when every connection is inside a request is the new one refused.
 //!
 //! It does not accept, serve or close sockets (that is
@@ -86,8 +86,10 @@ impl Slot {
         self.idle_since_us.load(Ordering::Acquire)
     }
 
-    /// The task read from the socket for the first time: a `New` slot is
-    /// now `Idle` (a head read in that same read makes it `Busy` at once).
+    /// The task tried to read its socket for the first time: a `New` slot
+    /// is now `Idle` (a head read in that same attempt makes it `Busy` at
+    /// once; tokio may answer the first attempt without reading, before the
+    /// reactor has reported the socket readable).
     pub(super) fn polled(&self) {
         self.swap(SlotState::New, SlotState::Idle);
     }
