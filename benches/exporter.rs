@@ -9,8 +9,13 @@
 //! fresh client must answer within 1 s in 100 % of tries while 500 idle
 //! sockets and 64 clients trickling a never-ending head (a byte every
 //! 100–300 ms) are held open, each reopened as soon as the exporter closes
-//! it; and the watched loops' lag must not change (loopwatch's own probe
-//! lag histogram, same length of time without and with the attack).
+//! it; and the watched loops' lag must not change. The attacker is a child
+//! process at nice 19 (as if on another machine: its CPU should not be
+//! what the loops feel, the exporter's is). Four windows: without and with
+//! the attack, probes back to back (under criterion: many samples, and the
+//! prober's own connections add to the churn) and one every 10 ms (the
+//! windows whose loop lag is compared). Lag comes from loopwatch's own
+//! `loopwatch_probe_lag_seconds` histogram over each window.
 
 mod common;
 
