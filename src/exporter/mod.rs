@@ -38,14 +38,13 @@ mod routes;
 
 pub(crate) use connections::ExporterLimits;
 pub(crate) use counters::{ExporterCounters, ExporterCounts};
-pub(crate) use routes::{Endpoints, Health, HealthFn};
+pub(crate) use routes::{Endpoints, Health, HealthFn, HiccupsFn};
 
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use prometheus::Registry;
 use tokio::sync::oneshot;
 
 use connections::{accept_loop, bind};
@@ -81,9 +80,10 @@ impl Exporter {
     /// timeout or connection limit is [`Error::InvalidSetting`]. May be
     /// called from inside a tokio runtime, and the exporter dropped there
     /// too.
+    #[cfg(test)]
     pub(crate) fn start(
         addr: &str,
-        registry: Registry,
+        registry: prometheus::Registry,
         health: HealthFn,
         limits: ExporterLimits,
     ) -> Result<Exporter, Error> {
@@ -167,13 +167,6 @@ impl Exporter {
 
     /// What the exporter did with its clients so far (accepted, evicted,
     /// refused, timed out, open now), updated as it happens.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "read by the metrics once they export the exporter's counts"
-        )
-    )]
     pub(crate) fn counters(&self) -> Arc<ExporterCounters> {
         self.counters.clone()
     }

@@ -229,8 +229,6 @@ impl HiccupLog {
     }
 }
 
-// Served at `/hiccups` once the exporter's route lands.
-#[allow(dead_code)]
 /// What `/hiccups` serves and [`Watchdog::hiccups`](crate::Watchdog::hiccups)
 /// summarises: the last hiccups and each runtime's top blockers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -240,15 +238,19 @@ pub(crate) struct HiccupsDocument {
 }
 
 /// One runtime's top blockers.
-#[allow(dead_code)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct RuntimeBlockers {
     pub runtime: String,
     pub blockers: Vec<Blocker>,
 }
 
-#[allow(dead_code)]
 impl HiccupLog {
+    /// The `/hiccups` document, as JSON.
+    pub(crate) fn document_json(&self, names: &[String]) -> String {
+        serde_json::to_string_pretty(&self.document(names))
+            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
     /// The `/hiccups` document for runtimes called `names`.
     pub(crate) fn document(&self, names: &[String]) -> HiccupsDocument {
         HiccupsDocument {
