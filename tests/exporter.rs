@@ -250,12 +250,18 @@ fn a_silent_client_is_closed_after_about_a_second_by_default() {
 }
 
 #[test]
-fn hiccups_without_a_source_are_a_404_that_says_why() {
+fn the_watchdog_serves_its_hiccups_as_json() {
     let (_rt, wd, addr) = watchdog();
     let out = fresh_get(addr, "/hiccups", Duration::from_secs(5)).unwrap();
-    assert!(out.starts_with("HTTP/1.1 404 "), "{out:?}");
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out:?}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{out:?}"
+    );
     let body = out.split("\r\n\r\n").nth(1).unwrap_or("");
-    assert!(body.contains("hiccup"), "{out:?}");
-    assert_eq!(body.lines().count(), 1, "{out:?}");
+    let doc: serde_json::Value = serde_json::from_str(body).expect("a JSON document");
+    assert!(doc["hiccups"].is_array(), "{doc}");
+    assert_eq!(doc["top_blockers"][0]["runtime"], "main", "{doc}");
     wd.shutdown();
 }
