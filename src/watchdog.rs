@@ -143,6 +143,7 @@ impl Watchdog {
                             c.refused,
                             c.head_timeouts,
                             c.accept_errors,
+                            c.panics,
                         ]
                     }));
                 }

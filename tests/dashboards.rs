@@ -34,6 +34,7 @@ const FAMILIES: &[(&str, Kind)] = &[
     ("loopwatch_hiccup_seconds_total", Kind::Counter),
     ("loopwatch_hiccup_captures_skipped_total", Kind::Counter),
     ("loopwatch_warn_threshold_seconds", Kind::Gauge),
+    ("loopwatch_exporter_connections_total", Kind::Counter),
     ("loopwatch_runtime_workers", Kind::Gauge),
     ("loopwatch_runtime_alive_tasks", Kind::Gauge),
     ("loopwatch_runtime_global_queue_depth", Kind::Gauge),

@@ -300,11 +300,16 @@ async fn serve(
         .max_buf_size(limits.max_head_bytes.max(MIN_HEAD_BYTES))
         .keep_alive(true);
     let service_slot = slot.clone();
+    let service_counters = counters.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         // hyper calls the service once a complete head is read.
         service_slot.request_started();
-        let response =
-            respond(&endpoints, &req).map(|body| TrackedBody::new(body, service_slot.clone()));
+        let response = respond(&endpoints, &req);
+        // A 500 is a source that panicked: a failure of loopwatch itself.
+        if response.status() == hyper::StatusCode::INTERNAL_SERVER_ERROR {
+            ExporterCounters::bump(&service_counters.panics);
+        }
+        let response = response.map(|body| TrackedBody::new(body, service_slot.clone()));
         std::future::ready(Ok::<_, Infallible>(response))
     });
     let io = TokioIo::new(TrackedStream::new(stream, slot));

@@ -27,6 +27,9 @@ pub(crate) struct ExporterCounters {
     pub(super) accept_errors: AtomicU64,
     /// Connections open now.
     pub(super) open: AtomicU64,
+    /// Panics caught while answering (a health check or hiccup source that
+    /// panicked): each was a 500.
+    pub(super) panics: AtomicU64,
 }
 
 /// A copy of [`ExporterCounters`] at one moment.
@@ -44,6 +47,8 @@ pub(crate) struct ExporterCounts {
     pub accept_errors: u64,
     /// See [`ExporterCounters::open`].
     pub open: u64,
+    /// See [`ExporterCounters::panics`].
+    pub panics: u64,
 }
 
 impl ExporterCounters {
@@ -58,6 +63,7 @@ impl ExporterCounters {
             head_timeouts: r(&self.head_timeouts),
             accept_errors: r(&self.accept_errors),
             open: r(&self.open),
+            panics: r(&self.panics),
         }
     }
 

@@ -108,8 +108,9 @@ struct Shared {
     exporter: Mutex<Option<ExporterSource>>,
 }
 
-/// Reads the exporter's connection totals, indexed like [`EXPORTER_RESULTS`].
-pub(crate) type ExporterSource = Box<dyn Fn() -> [u64; 5] + Send + Sync>;
+/// Reads the exporter's connection totals, indexed like
+/// [`EXPORTER_RESULTS`], then the panics it caught.
+pub(crate) type ExporterSource = Box<dyn Fn() -> [u64; 6] + Send + Sync>;
 
 /// The collector registered in the application's registry: all of
 /// loopwatch's families, the tokio ones refreshed at collection time.
@@ -210,11 +211,15 @@ impl Collector for LoopwatchCollector {
         out.extend(f.warn_threshold.collect());
         if let Some(read) = self.0.exporter.lock().as_ref() {
             // Counters have no `set`: reset and add the running totals.
-            for (result, total) in EXPORTER_RESULTS.iter().zip(read()) {
+            let totals = read();
+            for (result, total) in EXPORTER_RESULTS.iter().zip(totals) {
                 let c = f.exporter_connections.with_label_values(&[*result]);
                 c.reset();
                 c.inc_by(total);
             }
+            let panics = f.internal_errors.with_label_values(&["exporter"]);
+            panics.reset();
+            panics.inc_by(totals[EXPORTER_RESULTS.len()]);
             out.extend(f.exporter_connections.collect());
         }
         {

@@ -13,7 +13,7 @@
 //! Hiccup work never delays a stall: a capture here is one thread with a
 //! small budget, and stall detection runs in the same tick after it.
 
-use super::Monitor;
+use super::{guard_diag, Monitor};
 use crate::clock::us;
 use crate::hiccups::{culprit_of, Hiccup, HiccupCause, LogAggregator};
 use crate::probe::ProbeReading;
@@ -72,7 +72,14 @@ impl Monitor {
                 }
                 let sample = if self.may_capture_hiccup(i, now) {
                     let poller = self.loops[i].probe.poller_tid();
-                    poller.and_then(|tid| self.diag.sample_thread(tid))
+                    poller.and_then(|tid| {
+                        guard_diag(
+                            &mut self.diag,
+                            &self.metrics,
+                            &mut self.internal_errors,
+                            |d| d.sample_thread(tid),
+                        )
+                    })
                 } else {
                     self.metrics.hiccup_capture_skipped(i);
                     None
