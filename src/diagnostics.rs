@@ -28,6 +28,7 @@ use std::time::{Duration, SystemTime};
 use crate::clock::{self, micros, us};
 use crate::health::StallTrack;
 use crate::metrics::Metrics;
+use crate::origin::OwnCode;
 use crate::procfs;
 use crate::report::{
     group_threads, rfc3339, CaptureInfo, LagSample, ReportTimes, RuntimeMetricsSnapshot,
@@ -436,6 +437,10 @@ impl Diagnostics {
                 None => (HashMap::new(), Duration::ZERO),
             },
         };
+        let mut own = OwnCode::for_process(&self.config.own_crates);
+        own.learn(&stall.first);
+        own.learn(second.unwrap_or_default());
+        let max_stack_bytes = self.config.capture.as_ref().map(|c| c.max_stack_bytes);
         let evidence = Evidence {
             first: &stall.first,
             second,
@@ -447,11 +452,21 @@ impl Diagnostics {
             queue_depth: stall.queue_depth,
             deadlock: stall.deadlock.clone(),
             stuck_workers: stall.stuck_workers.clone(),
+            own: own.clone(),
+            max_stack_bytes,
+            ..Evidence::default()
         };
         let (verdict, culprit) = decide(&evidence);
         stall.report.verdict = verdict;
         stall.report.culprit = culprit;
-        stall.report.threads = group_threads(&stall.first, second, &stall.loop_tids, &cpu_used);
+        stall.report.threads = group_threads(
+            &stall.first,
+            second,
+            &stall.loop_tids,
+            &cpu_used,
+            &own,
+            max_stack_bytes,
+        );
     }
 
     fn write(&mut self, stall: &mut ActiveStall) -> Option<PathBuf> {

@@ -65,6 +65,7 @@ pub use hooks::{RuntimeHooks, StuckTask, StuckWorker};
 mod metrics;
 mod monitor;
 mod notify;
+mod origin;
 mod probe;
 mod procfs;
 mod report;

@@ -119,7 +119,7 @@ impl ReportStore {
                     "loopwatch: could not write stall report to {}: {e}",
                     dir.display()
                 );
-                eprint!("{}", report.to_compact_text());
+                eprint!("{}", report.to_compact_text_for(Some(&dir)));
                 None
             }
         }

@@ -54,6 +54,8 @@ pub(crate) struct Requested {
     pub trigger_watchdog: bool,
     /// Where to serve `/metrics` and `/healthz`, if anywhere.
     pub metrics_addr: Option<String>,
+    /// Crates the application names as its own (`Builder::own_crates`).
+    pub own_crates: Vec<String>,
 }
 
 impl Default for Requested {
@@ -68,6 +70,7 @@ impl Default for Requested {
             deadline_margin: None,
             trigger_watchdog: false,
             metrics_addr: None,
+            own_crates: Vec::new(),
         }
     }
 }
@@ -85,6 +88,8 @@ pub(crate) struct DiagnosticsConfig {
     pub deadline_margin: Duration,
     /// Send `WATCHDOG=trigger` after the report before the deadline.
     pub trigger_watchdog: bool,
+    /// Crates the application names as its own code (normalized: `_`).
+    pub own_crates: Vec<String>,
 }
 
 /// Validated, resolved settings.
@@ -193,7 +198,22 @@ impl Settings {
             (None, Some(w)) => (w / 8).max(Duration::from_millis(100)),
             (None, None) => Duration::from_millis(100),
         };
+        let mut own_crates = Vec::new();
+        for name in &r.own_crates {
+            let name = name.trim();
+            if !crate::origin::names::is_crate_name(name) {
+                return Err(Error::InvalidSetting {
+                    setting: "own_crates",
+                    reason: format!("{name:?} is not a crate name"),
+                });
+            }
+            let name = name.replace('-', "_");
+            if !own_crates.contains(&name) {
+                own_crates.push(name);
+            }
+        }
         let diagnostics = DiagnosticsConfig {
+            own_crates,
             report_dir: r.report_dir.resolve(),
             keep: r.keep_reports,
             capture: r.capture.clone(),

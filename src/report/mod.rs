@@ -14,6 +14,7 @@
 //! [`verdict`](crate::verdict)'s job, writing files
 //! [`report_store`](crate::report_store)'s.
 
+mod layout;
 mod text;
 mod threads;
 
@@ -158,7 +159,11 @@ pub struct ThreadGroup {
     pub wchan: Option<String>,
     /// CPU time used by the group between the two samples (seconds).
     pub cpu_seconds: Option<f64>,
-    /// The stack, innermost first.
+    /// Why the stack is incomplete, when it is: cut at `max_stack_bytes`,
+    /// at the frame limit, or not unwound past some frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut: Option<String>,
+    /// The stack, innermost first; each frame says whose code it is.
     pub frames: Vec<ReportFrame>,
 }
 
