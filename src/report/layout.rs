@@ -45,15 +45,15 @@ pub(crate) fn fit_middle(s: &str, width: usize) -> String {
     out
 }
 
-/// Writes `text` wrapped at word boundaries: the first line starts with
-/// `first`, the others with `rest`; no line exceeds [`WIDTH`].
-pub(crate) fn write_wrapped(s: &mut String, first: &str, rest: &str, text: &str) {
+/// `text` wrapped at word boundaries: the first line starts with `first`,
+/// the others with `rest`; no line exceeds [`WIDTH`].
+pub(crate) fn wrapped(first: &str, rest: &str, text: &str) -> Vec<String> {
+    let mut lines = Vec::new();
     let mut line = first.to_string();
     let mut empty = true;
     for word in text.split_whitespace() {
-        let indent = if empty { 0 } else { 1 };
-        if !empty && line.chars().count() + indent + word.chars().count() > WIDTH {
-            let _ = writeln!(s, "{line}");
+        if !empty && line.chars().count() + 1 + word.chars().count() > WIDTH {
+            lines.push(fit(&line, WIDTH));
             line = rest.to_string();
             empty = true;
         }
@@ -63,7 +63,22 @@ pub(crate) fn write_wrapped(s: &mut String, first: &str, rest: &str, text: &str)
         line.push_str(word);
         empty = false;
     }
-    let _ = writeln!(s, "{}", fit(&line, WIDTH));
+    lines.push(fit(&line, WIDTH));
+    lines
+}
+
+/// Writes `text` wrapped as [`wrapped`] does, at most `max_lines` lines
+/// (the last one ending in `…` when cut).
+pub(crate) fn write_wrapped(s: &mut String, first: &str, rest: &str, text: &str, max_lines: usize) {
+    let lines = wrapped(first, rest, text);
+    let cut = lines.len() > max_lines;
+    for (i, l) in lines.iter().take(max_lines).enumerate() {
+        if cut && i + 1 == max_lines {
+            let _ = writeln!(s, "{}", fit(&format!("{l} …"), WIDTH));
+        } else {
+            let _ = writeln!(s, "{l}");
+        }
+    }
 }
 
 /// The workspace directory as the report shows it: the directory shared
@@ -284,11 +299,15 @@ mod tests {
         assert_eq!(fit_middle("abcdefghij", 5), "ab…ij");
         let mut s = String::new();
         let long = "word ".repeat(100);
-        write_wrapped(&mut s, "  - ", "    ", &long);
+        write_wrapped(&mut s, "  - ", "    ", &long, 99);
         assert!(s.lines().count() >= 3);
         assert!(s.lines().all(|l| l.chars().count() <= WIDTH), "{s}");
         assert!(s.starts_with("  - word"));
         assert!(s.lines().nth(1).unwrap().starts_with("    word"));
+        let mut two = String::new();
+        write_wrapped(&mut two, "", "", &long, 2);
+        assert_eq!(two.lines().count(), 2);
+        assert!(two.trim_end().ends_with('…'), "{two}");
     }
 
     #[test]

@@ -18,6 +18,8 @@ use crate::origin::names;
 use crate::stacks::Origin;
 use crate::status::human;
 
+/// Lines of the verdict's summary the compact form shows.
+const COMPACT_SUMMARY: usize = 3;
 /// Lines of evidence the compact form shows.
 const COMPACT_EVIDENCE: usize = 6;
 /// Own-code frames the compact form shows.
@@ -127,6 +129,7 @@ impl StallReport {
             "  ",
             "  ",
             &names::elide_generics(&self.verdict.summary),
+            COMPACT_SUMMARY,
         );
         self.write_culprit(&mut s, root);
         let _ = writeln!(s, "{}", fit(&self.how_long(), WIDTH));
@@ -243,7 +246,13 @@ impl StallReport {
             },
             self.verdict.kind
         );
-        write_wrapped(s, "  ", "  ", &names::elide_generics(&self.verdict.summary));
+        write_wrapped(
+            s,
+            "  ",
+            "  ",
+            &names::elide_generics(&self.verdict.summary),
+            usize::MAX,
+        );
         self.write_culprit(s, root);
         let t = &self.times;
         let th = &self.thresholds;
@@ -279,7 +288,7 @@ impl StallReport {
         }
         let _ = writeln!(s, "\nevidence:");
         for e in &self.verdict.evidence {
-            write_wrapped(s, "  - ", "    ", &names::elide_generics(e));
+            write_wrapped(s, "  - ", "    ", &names::elide_generics(e), usize::MAX);
         }
         if !self.stuck_workers.is_empty() {
             let _ = writeln!(s, "\nstuck workers:");
@@ -417,7 +426,7 @@ impl StallReport {
             let _ = writeln!(s, "{}", fit(&line, WIDTH));
         }
         for n in &self.notes {
-            write_wrapped(&mut s, "note: ", "      ", n);
+            write_wrapped(&mut s, "note: ", "      ", n, usize::MAX);
         }
         if !self.metrics.is_empty() {
             let _ = writeln!(s, "\nmetrics at the time of writing:");

@@ -149,9 +149,10 @@ impl<'a> Reading<'a> {
         }
     }
 
-    /// How many frames have no name, of how many.
+    /// How many frames have no name outside the system libraries (whose
+    /// unnamed frames, in the vdso say, are expected), of how many.
     pub(crate) fn nameless(&self) -> (usize, usize) {
-        let n = self.frames.iter().filter(|f| f.function.is_none()).count();
+        let n = self.frames.iter().filter(|f| f.origin.is_none()).count();
         (n, self.frames.len())
     }
 

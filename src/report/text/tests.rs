@@ -279,3 +279,31 @@ fn a_frame_without_names_shows_module_and_offset() {
     let none = Frame::default();
     assert_eq!(super::super::layout::frame_name(&none), "0x0");
 }
+
+#[test]
+fn the_compact_form_stays_one_screen_at_its_longest() {
+    let mut r = report();
+    r.verdict.summary = "a very long summary ".repeat(60);
+    r.verdict.evidence = (0..20)
+        .map(|i| format!("evidence {i} {}", "x".repeat(400)))
+        .collect();
+    let own = r.threads[0].frames[2].clone();
+    r.threads[0]
+        .frames
+        .splice(2..2, std::iter::repeat_n(own, 30));
+    if let Some(c) = &mut r.culprit {
+        c.frames = vec![c.frames[0].clone(); 8];
+    }
+    let compact = r.to_compact_text();
+    assert!(
+        compact.lines().count() <= 25,
+        "{} lines:\n{compact}",
+        compact.lines().count()
+    );
+    assert!(widest(&compact) <= 160, "{compact}");
+    assert!(compact.contains("… 14 more"), "{compact}");
+    assert!(
+        compact.ends_with("StateDirectory= under systemd)\n"),
+        "{compact}"
+    );
+}
