@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use super::reading::{location, AnchorKind, Reading};
+use super::reading::{location, physical, AnchorKind, Reading};
 use super::{Culprit, Evidence, Verdict, VerdictKind};
 use crate::origin::names;
 use crate::stacks::{CaptureOutcome, Frame, Origin, SymbolSource, ThreadStack};
@@ -269,6 +269,23 @@ fn judge(
                 );
                 VerdictKind::Unknown
             }
+            None if moved > 0 && anchor_kind == AnchorKind::Nameless => {
+                // Without names the poll's frames cannot be told from the
+                // churn below them: the same poll (a library working under
+                // one call) and many polls both change the inner frames.
+                let shared = later
+                    .iter()
+                    .map(|l| r.shared_outer_frames(l))
+                    .min()
+                    .unwrap_or(0);
+                evidence.push(format!(
+                    "the looks share only their outer {shared} of {} frames; without symbols loopwatch \
+                     cannot tell one long poll whose inner calls change (cpu-bound) from many short polls \
+                     (overload)",
+                    physical(&r.frames).len()
+                ));
+                VerdictKind::Unknown
+            }
             None if moved > 0 => VerdictKind::Overload,
             None => VerdictKind::CpuBound,
         }
@@ -286,7 +303,7 @@ fn judge(
     if kind == VerdictKind::LockWait {
         lock_waiters(e, t.tid, &mut evidence);
     }
-    symbols_note(r, &e.own, &mut evidence);
+    symbols_note(r, &e.own, true, &mut evidence);
 
     let stuck_in = r.stuck_in().cloned();
     // "in myapp::f", or "stuck in serde_json::…, called from myapp::f".
@@ -308,6 +325,13 @@ fn judge(
         (VerdictKind::CpuBound, AnchorKind::Own) => {
             format!("the event loop thread is busy on CPU{in_place}")
         }
+        (VerdictKind::LockWait, AnchorKind::Nameless) => {
+            "the event loop thread waits for a lock (no symbols to name the caller)".to_string()
+        }
+        (VerdictKind::BlockedSyscall, AnchorKind::Nameless) => format!(
+            "the event loop thread is blocked in {} (no symbols to name the caller)",
+            state.syscall.as_deref().unwrap_or("a system call")
+        ),
         (VerdictKind::LockWait, _) => format!("the event loop thread waits for a lock in {place}"),
         (VerdictKind::BlockedSyscall, _) => format!(
             "the event loop thread is blocked in {} called from {place}",
@@ -398,8 +422,14 @@ fn lock_waiters(e: &Evidence<'_>, stuck: i32, evidence: &mut Vec<String>) {
     }
 }
 
-/// What the symbols could not say, and how to get more.
-fn symbols_note(r: &Reading<'_>, own: &crate::origin::OwnCode, evidence: &mut Vec<String>) {
+/// What the symbols could not say, and how to get more; with `no_culprit`,
+/// also that no own code was recognised (when the thread was busy).
+fn symbols_note(
+    r: &Reading<'_>,
+    own: &crate::origin::OwnCode,
+    no_culprit: bool,
+    evidence: &mut Vec<String>,
+) {
     let (nameless, total) = r.nameless();
     if nameless > 0 {
         evidence.push(format!(
@@ -426,7 +456,7 @@ fn symbols_note(r: &Reading<'_>, own: &crate::origin::OwnCode, evidence: &mut Ve
                 .into(),
         );
     }
-    if r.culprit.is_none() && own.only_guessed() {
+    if no_culprit && r.culprit.is_none() && own.only_guessed() {
         evidence.push(format!(
             "no code of yours was recognised ({}); if your crates are missing, name them with \
              Builder::own_crates",
@@ -452,7 +482,7 @@ fn overload_or_unknown(
         ));
     }
     if let Some(r) = readings.first() {
-        symbols_note(r, &e.own, &mut evidence);
+        symbols_note(r, &e.own, busy > 0, &mut evidence);
     }
     if busy > 0 {
         evidence.push(format!(

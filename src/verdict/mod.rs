@@ -46,6 +46,8 @@ use crate::origin::OwnCode;
 use crate::stacks::{Frame, ThreadStack};
 use crate::status::human;
 
+/// Names for the deadlock checker's threads.
+#[cfg(feature = "deadlock-detection")]
 pub(crate) use crate::origin::names::enclosing_function;
 pub(crate) use reading::{physical, Physical};
 

@@ -199,6 +199,20 @@ impl<'a> Reading<'a> {
     }
 }
 
+impl Reading<'_> {
+    /// How many physical frames, from the outermost inwards, `later`
+    /// shares with this reading (by address).
+    pub(crate) fn shared_outer_frames(&self, later: &Reading<'_>) -> usize {
+        let a = physical(&self.frames);
+        let b = physical(&later.frames);
+        a.iter()
+            .rev()
+            .zip(b.iter().rev())
+            .take_while(|(x, y)| x.ip == y.ip)
+            .count()
+    }
+}
+
 /// One physical frame: an address with the frames inlined at it.
 pub(crate) struct Physical<'f> {
     pub ip: u64,

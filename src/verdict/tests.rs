@@ -279,11 +279,30 @@ fn a_stripped_binary_on_cpu_at_the_same_addresses_is_cpu_bound_with_a_note() {
     );
     assert!(evidence.contains("loopwatch symbolize"), "{evidence}");
     assert!(evidence.contains("line-tables-only"), "{evidence}");
-    // Different callers: the stack moved.
+    // Inner frames changed: without names one poll whose inner calls change
+    // cannot be told from many polls, so neither is claimed.
     let mut moved = stack(0x6010);
     moved.frames[1].ip = 0x7200;
-    let e = busy(vec![stack(0x6010)], Some(vec![moved]));
+    let e = busy(vec![stack(0x6010)], Some(vec![moved.clone()]));
+    let (v, _) = decide(&e);
+    assert_eq!(v.kind, VerdictKind::Unknown, "{v:#?}");
+    assert!(
+        v.evidence
+            .join("\n")
+            .contains("share only their outer 4 of 6 frames"),
+        "{v:#?}"
+    );
+    // The poll hooks settle it either way.
+    let e = Evidence {
+        polls_during_stall: Some(30),
+        ..busy(vec![stack(0x6010)], Some(vec![moved.clone()]))
+    };
     assert_eq!(decide(&e).0.kind, VerdictKind::Overload);
+    let e = Evidence {
+        polls_during_stall: Some(0),
+        ..busy(vec![stack(0x6010)], Some(vec![moved]))
+    };
+    assert_eq!(decide(&e).0.kind, VerdictKind::CpuBound);
 }
 
 #[test]
@@ -304,6 +323,10 @@ fn a_stripped_binary_asleep_in_a_system_call_is_blocked() {
     };
     let (v, _) = decide(&e);
     assert_eq!(v.kind, VerdictKind::BlockedSyscall, "{v:#?}");
+    assert_eq!(
+        v.summary,
+        "the event loop thread is blocked in clock_nanosleep (no symbols to name the caller)"
+    );
 }
 
 #[test]
@@ -463,4 +486,32 @@ fn a_paused_process_is_never_blamed_on_code() {
     let (v, c) = decide(&e);
     assert_eq!(v.kind, VerdictKind::ProcessPaused);
     assert!(c.is_none());
+}
+
+#[test]
+fn code_in_a_crate_not_known_as_own_is_a_dependency_and_the_report_says_how_to_fix_it() {
+    // Symbol-table names only, and the binary is named unlike its crates.
+    let frames = vec![
+        sym("catalog_core::rebuild_index", 0x6010),
+        sym("tokio::runtime::task::raw::poll", 0xa200),
+    ];
+    let e = Evidence {
+        own: OwnCode::new(&[], Some("server")),
+        ..busy(vec![running(frames.clone())], Some(vec![running(frames)]))
+    };
+    let (v, c) = decide(&e);
+    assert!(c.is_none(), "no own code is known");
+    assert_eq!(v.kind, VerdictKind::CpuBound, "{v:#?}");
+    assert!(
+        v.summary
+            .contains("catalog_core::rebuild_index, a dependency"),
+        "{}",
+        v.summary
+    );
+    let evidence = v.evidence.join("\n");
+    assert!(evidence.contains("Builder::own_crates"), "{evidence}");
+    assert!(
+        evidence.contains("server (the executable's name)"),
+        "{evidence}"
+    );
 }
