@@ -226,8 +226,7 @@ fn judge(
     let stayed = later.iter().filter(|l| r.still_there(l)).count();
     let moved = later.len() - stayed;
     let what = match anchor_kind {
-        AnchorKind::Own => format!("inside {place}"),
-        AnchorKind::Dependency => format!("inside {place}"),
+        AnchorKind::Own | AnchorKind::Dependency => format!("inside {place}"),
         AnchorKind::Nameless => "at the same stack addresses".to_string(),
     };
     match (later.len(), moved) {
@@ -250,45 +249,12 @@ fn judge(
 
     let running = on_cpu(e, t);
     let asleep = !running && (state.syscall.is_some() || matches!(state.letter, 'S' | 'D'));
-    let futex = state.syscall.as_deref() == Some("futex");
-    let looks = later.len() + 1;
-    let kind = if asleep && futex {
+    let kind = if asleep && state.syscall.as_deref() == Some("futex") {
         VerdictKind::LockWait
     } else if asleep {
         VerdictKind::BlockedSyscall
     } else if running {
-        match e.polls_during_stall {
-            Some(p) if p >= MANY_POLLS => VerdictKind::Overload,
-            Some(_) => VerdictKind::CpuBound,
-            None if later.is_empty() => {
-                evidence.push(
-                    "only one look at the thread was taken before this report: one long poll cannot be \
-                     told from many short ones, so this is not called cpu-bound (that needs the thread \
-                     on CPU in the same call in two samples)"
-                        .into(),
-                );
-                VerdictKind::Unknown
-            }
-            None if moved > 0 && anchor_kind == AnchorKind::Nameless => {
-                // Without names the poll's frames cannot be told from the
-                // churn below them: the same poll (a library working under
-                // one call) and many polls both change the inner frames.
-                let shared = later
-                    .iter()
-                    .map(|l| r.shared_outer_frames(l))
-                    .min()
-                    .unwrap_or(0);
-                evidence.push(format!(
-                    "the looks share only their outer {shared} of {} frames; without symbols loopwatch \
-                     cannot tell one long poll whose inner calls change (cpu-bound) from many short polls \
-                     (overload)",
-                    physical(&r.frames).len()
-                ));
-                VerdictKind::Unknown
-            }
-            None if moved > 0 => VerdictKind::Overload,
-            None => VerdictKind::CpuBound,
-        }
+        running_kind(e, r, &later, moved, anchor_kind, &mut evidence)
     } else {
         VerdictKind::Unknown
     };
@@ -296,7 +262,8 @@ fn judge(
         let mut all = vec![r];
         all.extend(later.iter());
         evidence.push(format!(
-            "where the {looks} looks found it: {}",
+            "where the {} looks found it: {}",
+            all.len(),
             shares(&all)
         ));
     }
@@ -306,46 +273,14 @@ fn judge(
     symbols_note(r, &e.own, true, &mut evidence);
 
     let stuck_in = r.stuck_in().cloned();
-    // "in myapp::f", or "stuck in serde_json::…, called from myapp::f".
-    let in_place = match (&stuck_in, anchor_kind) {
-        (Some(s), AnchorKind::Own) if s.origin == Some(Origin::Dependency) => {
-            format!(": stuck in {}, called from {place}", frame_name(s))
-        }
-        _ => format!(" in {place}"),
+    let words = Words {
+        place: &place,
+        stuck_in: stuck_in.as_ref(),
+        syscall: state.syscall.as_deref().unwrap_or("a system call"),
+        running,
+        looks: later.len() + 1,
     };
-    let summary = match (kind, anchor_kind) {
-        (VerdictKind::CpuBound, AnchorKind::Nameless) => format!(
-            "the event loop thread is busy on CPU at the same stack in {looks} looks (no symbols to name \
-             the function)"
-        ),
-        (VerdictKind::CpuBound, AnchorKind::Dependency) => format!(
-            "the event loop thread is busy on CPU in {place}, a dependency the runtime polls (no code of \
-             yours on the stack)"
-        ),
-        (VerdictKind::CpuBound, AnchorKind::Own) => {
-            format!("the event loop thread is busy on CPU{in_place}")
-        }
-        (VerdictKind::LockWait, AnchorKind::Nameless) => {
-            "the event loop thread waits for a lock (no symbols to name the caller)".to_string()
-        }
-        (VerdictKind::BlockedSyscall, AnchorKind::Nameless) => format!(
-            "the event loop thread is blocked in {} (no symbols to name the caller)",
-            state.syscall.as_deref().unwrap_or("a system call")
-        ),
-        (VerdictKind::LockWait, _) => format!("the event loop thread waits for a lock in {place}"),
-        (VerdictKind::BlockedSyscall, _) => format!(
-            "the event loop thread is blocked in {} called from {place}",
-            state.syscall.as_deref().unwrap_or("a system call")
-        ),
-        (VerdictKind::Overload, _) => format!(
-            "the event loop is busy but not stuck in one poll (last seen in {place})"
-        ),
-        _ if running => format!(
-            "the event loop thread was on CPU{in_place}; one look cannot tell one long poll from many \
-             short ones"
-        ),
-        _ => format!("the event loop thread is in {place}; the kind of stall is unclear"),
-    };
+    let summary = summary(kind, anchor_kind, &words);
     let culprit = r.culprit.map(|c| {
         let f = &r.frames[c];
         Culprit {
@@ -366,6 +301,108 @@ fn judge(
         },
         culprit,
     )
+}
+
+/// The kind of stall of a thread on CPU: by the poll hooks' count when
+/// there is one, else by whether later looks find it in the same call.
+fn running_kind(
+    e: &Evidence<'_>,
+    r: &Reading<'_>,
+    later: &[Reading<'_>],
+    moved: usize,
+    anchor_kind: AnchorKind,
+    evidence: &mut Vec<String>,
+) -> VerdictKind {
+    match e.polls_during_stall {
+        Some(p) if p >= MANY_POLLS => VerdictKind::Overload,
+        Some(_) => VerdictKind::CpuBound,
+        None if later.is_empty() => {
+            evidence.push(
+                "only one look at the thread was taken before this report: one long poll cannot be \
+                 told from many short ones, so this is not called cpu-bound (that needs the thread \
+                 on CPU in the same call in two samples)"
+                    .into(),
+            );
+            VerdictKind::Unknown
+        }
+        None if moved > 0 && anchor_kind == AnchorKind::Nameless => {
+            // Without names the poll's frames cannot be told from the
+            // churn below them: the same poll (a library working under
+            // one call) and many polls both change the inner frames.
+            let shared = later
+                .iter()
+                .map(|l| r.shared_outer_frames(l))
+                .min()
+                .unwrap_or(0);
+            evidence.push(format!(
+                "the looks share only their outer {shared} of {} frames; without symbols loopwatch \
+                 cannot tell one long poll whose inner calls change (cpu-bound) from many short polls \
+                 (overload)",
+                physical(&r.frames).len()
+            ));
+            VerdictKind::Unknown
+        }
+        None if moved > 0 => VerdictKind::Overload,
+        None => VerdictKind::CpuBound,
+    }
+}
+
+/// What a summary sentence needs.
+struct Words<'a> {
+    /// The culprit, the dependency or the nameless location.
+    place: &'a str,
+    stuck_in: Option<&'a Frame>,
+    syscall: &'a str,
+    running: bool,
+    looks: usize,
+}
+
+/// The verdict's one sentence.
+fn summary(kind: VerdictKind, anchor_kind: AnchorKind, w: &Words<'_>) -> String {
+    let place = w.place;
+    // " in myapp::f", or ": stuck in serde_json::…, called from myapp::f".
+    let in_place = match (w.stuck_in, anchor_kind) {
+        (Some(s), AnchorKind::Own) if s.origin == Some(Origin::Dependency) => {
+            format!(": stuck in {}, called from {place}", frame_name(s))
+        }
+        _ => format!(" in {place}"),
+    };
+    let syscall = w.syscall;
+    match (kind, anchor_kind) {
+        (VerdictKind::CpuBound, AnchorKind::Nameless) => {
+            "the event loop thread is busy on CPU in one poll (no symbols to name the function)".into()
+        }
+        (VerdictKind::CpuBound, AnchorKind::Dependency) => format!(
+            "the event loop thread is busy on CPU in {place}, a dependency the runtime polls (no code of \
+             yours on the stack)"
+        ),
+        (VerdictKind::CpuBound, AnchorKind::Own) => {
+            format!("the event loop thread is busy on CPU{in_place}")
+        }
+        (VerdictKind::LockWait, AnchorKind::Nameless) => {
+            "the event loop thread waits for a lock (no symbols to name the caller)".into()
+        }
+        (VerdictKind::BlockedSyscall, AnchorKind::Nameless) => {
+            format!("the event loop thread is blocked in {syscall} (no symbols to name the caller)")
+        }
+        (VerdictKind::LockWait, _) => format!("the event loop thread waits for a lock in {place}"),
+        (VerdictKind::BlockedSyscall, _) => {
+            format!("the event loop thread is blocked in {syscall} called from {place}")
+        }
+        (VerdictKind::Overload, _) => {
+            format!("the event loop is busy but not stuck in one poll (last seen in {place})")
+        }
+        _ if w.running && w.looks == 1 => format!(
+            "the event loop thread was on CPU{in_place}; one look cannot tell one long poll from many \
+             short ones"
+        ),
+        _ if w.running => format!(
+            "the event loop thread is on CPU{in_place}; without symbols its {} looks cannot tell one \
+             long poll from many short ones",
+            w.looks
+        ),
+        _ => format!("the event loop thread is in {place}; the kind of stall is unclear"),
+    }
 }
 
 fn origin_word(o: Option<Origin>) -> &'static str {
