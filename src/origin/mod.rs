@@ -190,7 +190,8 @@ impl OwnCode {
         self.learned.push((krate, how));
     }
 
-    fn is_system(&self, f: &Frame) -> bool {
+    /// Whether `f` is in a system library (libc, the loader, the vdso).
+    pub(crate) fn is_system(&self, f: &Frame) -> bool {
         f.module
             .as_deref()
             .is_some_and(|m| SYSTEM_MODULES.iter().any(|s| m.starts_with(s)))

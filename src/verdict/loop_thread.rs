@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use super::reading::{location, physical, AnchorKind, Reading};
 use super::{Culprit, Evidence, Verdict, VerdictKind};
 use crate::origin::names;
-use crate::stacks::{CaptureOutcome, Frame, Origin, SymbolSource, ThreadStack};
+use crate::stacks::{CaptureOutcome, Frame, Origin, ThreadStack};
 use crate::status::human;
 
 /// Completed polls during a stall from which the loop counts as
@@ -477,14 +477,14 @@ fn symbols_note(
         ));
         return;
     }
-    let symbol_table_only = r
-        .frames
-        .iter()
-        .any(|f| f.symbols == SymbolSource::SymbolTable)
-        && !r
-            .frames
+    // Names but no files outside the system libraries: the symbol table.
+    let named_outside_system = || {
+        r.frames
             .iter()
-            .any(|f| f.symbols == SymbolSource::DebugInfo);
+            .filter(|f| f.function.is_some() && !own.is_system(f))
+    };
+    let symbol_table_only =
+        named_outside_system().next().is_some() && named_outside_system().all(|f| f.file.is_none());
     if symbol_table_only {
         evidence.push(
             "names come from the symbol table only: no files or lines, and inlined functions (async fn \

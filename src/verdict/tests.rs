@@ -515,3 +515,42 @@ fn code_in_a_crate_not_known_as_own_is_a_dependency_and_the_report_says_how_to_f
         "{evidence}"
     );
 }
+
+#[test]
+fn bare_inlined_names_of_line_tables_builds_are_placed_by_their_paths() {
+    // debug = "line-tables-only": inlined frames carry bare names; the
+    // symbolizer could not qualify this async fn body.
+    let tokio = |f: &str| registry("tokio-1.54.1", f);
+    let frames = vec![
+        libc("read", 0x3010),
+        dwarf(
+            "std::io::Read::read",
+            "/rustc/1159e78c4747b02ef996e55082b704c09b970588/library/std/src/io/mod.rs",
+            0x4010,
+        ),
+        inlined("{async_fn#0}", "/srv/myapp/src/prices.rs", 0x6010),
+        inlined("poll<T,S>", &tokio("runtime/task/core.rs"), 0x6010),
+        dwarf(
+            "tokio::runtime::task::raw::poll",
+            &tokio("runtime/task/raw.rs"),
+            0x6010,
+        ),
+        dwarf("myapp::main", "/srv/myapp/src/main.rs", 0xa700),
+    ];
+    let t = thread(LOOP, facts(LOOP, 'S', Some("read"), Duration::ZERO), frames);
+    let e = Evidence {
+        cpu_used: HashMap::from([(LOOP, Duration::ZERO)]),
+        ..busy(vec![t.clone()], Some(vec![t]))
+    };
+    let (v, c) = decide(&e);
+    assert_eq!(v.kind, VerdictKind::BlockedSyscall, "{v:#?}");
+    let c = c.unwrap();
+    assert_eq!(c.function, "{async_fn#0}", "a bare name stays as it is");
+    assert_eq!(c.file.as_deref(), Some("/srv/myapp/src/prices.rs"));
+    assert_eq!(
+        c.frames.len(),
+        1,
+        "main is outside the poll: {:?}",
+        c.frames
+    );
+}
