@@ -188,7 +188,7 @@ fn a_hiccup_that_grows_into_a_stall_is_its_first_look() {
     let rt = common::current_thread();
     let dir = tempfile::tempdir().unwrap();
     let wd = Watchdog::builder()
-        .stall_threshold(Duration::from_millis(400))
+        .stall_threshold(Duration::from_secs(1))
         .warn_threshold(Duration::from_millis(50))
         .report_dir(dir.path())
         .watch("main", rt.handle().clone())
@@ -196,7 +196,7 @@ fn a_hiccup_that_grows_into_a_stall_is_its_first_look() {
         .unwrap();
     rt.block_on(async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        render_page_for_test(Duration::from_millis(1200));
+        render_page_for_test(Duration::from_millis(2500));
         tokio::time::sleep(Duration::from_millis(300)).await;
     });
     let r = wait_for(Duration::from_secs(10), || {
@@ -223,11 +223,17 @@ fn a_hiccup_that_grows_into_a_stall_is_its_first_look() {
         "{}",
         grown[0]
     );
-    let first = &r["captures"][0];
-    assert!(
-        first["reason"].as_str().unwrap().starts_with("hiccup"),
+    let first = &r["loop_looks"][0];
+    assert_eq!(
+        first["reason"], "hiccup",
         "the stall's first look is the hiccup's: {}",
-        r["captures"]
+        r["loop_looks"]
+    );
+    assert!(
+        first["culprit"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("render_page_for_test")),
+        "{first}"
     );
     assert!(
         r["culprit"]["function"]

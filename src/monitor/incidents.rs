@@ -277,6 +277,7 @@ impl Monitor {
             handle: &w.handle,
             deadline,
             prior_sample,
+            prior_from_hiccup: false,
             hiccups,
             top_blockers,
         };
