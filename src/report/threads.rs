@@ -31,19 +31,21 @@ fn stack_key(t: &ThreadStack) -> (String, Vec<String>) {
 
 /// Which frames of `first` are the same in `second`, compared from the
 /// outermost frame inwards one physical frame (an address with the
-/// functions inlined at it) at a time: by address, and for the innermost
-/// frame of either stack, whose address moves while it runs, by function.
+/// functions inlined at it) at a time: by address, or by function — a
+/// function that loops calling other functions (or is the innermost frame,
+/// whose address moves while it runs) has not returned, whatever call it
+/// is in at the moment.
 pub(crate) fn stuck_mask(first: &[Frame], second: Option<&[Frame]>) -> Vec<bool> {
     let mut mask = vec![false; first.len()];
     let Some(second) = second else { return mask };
     let a = physical(first);
     let b = physical(second);
-    let same = |i: usize, x: &Physical<'_>, j: usize, y: &Physical<'_>| {
-        x.ip == y.ip || ((i == 0 || j == 0) && x.function.is_some() && x.function == y.function)
+    let same = |x: &Physical<'_>, y: &Physical<'_>| {
+        x.ip == y.ip || (x.function.is_some() && x.function == y.function)
     };
     for k in 0..a.len().min(b.len()) {
         let (i, j) = (a.len() - 1 - k, b.len() - 1 - k);
-        if !same(i, &a[i], j, &b[j]) {
+        if !same(&a[i], &b[j]) {
             break;
         }
         let end = a.get(i + 1).map_or(first.len(), |next| next.first);

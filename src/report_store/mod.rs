@@ -256,7 +256,7 @@ impl ReportStore {
         }
         let Some(dir) = self.dir.as_mut() else {
             let text = report.to_compact_text();
-            self.stderr.print(now, &report.id, "", &text, false);
+            self.stderr.print(now, &report.id, "", &text, true);
             return Saved::StderrOnly;
         };
         let path = dir.path().to_path_buf();
