@@ -1,12 +1,26 @@
 //! Per-thread slots: what the hooks of one runtime thread publish for the
-//! monitor, and the thread-local through which a hook finds its own slot.
+//! monitor, and the thread-locals through which a hook finds its own slot.
 //!
 //! A [`Slot`] is written only by its own thread, from the hooks, and read
-//! by the monitor on its tick. [`LOCAL`] holds the calling thread's slot
-//! and the scratch state only that thread uses. This module does not own
-//! the registry of slots ([`RuntimeHooks`](super::runtime_hooks::RuntimeHooks)),
-//! nor what a slot embeds: the learned worker index (`worker_index`, stable
-//! tokio) and the poll state (`poll`, `tokio_unstable`).
+//! by the monitor on its tick. Two thread-locals lead a hook to it:
+//!
+//! * [`LOCAL`], for the rare hooks (thread start and stop, park and
+//!   unpark): the slot itself (an `Arc` shared with the registry) and the
+//!   scratch state only this thread uses, behind `RefCell`s.
+//! * `POLLING` (`tokio_unstable` only), for the per-poll hooks: a `const`
+//!   thread-local without a destructor, so reading it is one access
+//!   relative to the thread pointer, with no lazy initialisation, no
+//!   destructor registration and no borrow flag. It holds the owning
+//!   hooks' id and a `&'static` reference to the slot's [`PollState`]
+//!   (leased from [`super::poll_pool`]), set at thread start and cleared
+//!   before the slot can be dropped; and the last spawn location seen, so
+//!   a poll of a task from the same spawn site as the previous one costs
+//!   one comparison.
+//!
+//! This module does not own the registry of slots
+//! ([`RuntimeHooks`](super::runtime_hooks::RuntimeHooks)), nor what a slot
+//! embeds: the learned worker index (`worker_index`, stable tokio) and the
+//! poll state (`poll`, `tokio_unstable`).
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +34,8 @@ use std::panic::Location;
 
 #[cfg(tokio_unstable)]
 use super::poll::PollState;
+#[cfg(tokio_unstable)]
+use super::poll_pool::PollLease;
 #[cfg(tokio_unstable)]
 use super::spawn_location::intern_location;
 #[cfg(not(tokio_unstable))]
@@ -38,8 +54,9 @@ pub(super) struct Slot {
     pub(super) park_seq: AtomicU64,
     #[cfg(not(tokio_unstable))]
     pub(super) learned: Learned,
+    /// Its cell goes back to the pool when the slot is dropped.
     #[cfg(tokio_unstable)]
-    pub(super) poll: PollState,
+    pub(super) poll: PollLease,
 }
 
 impl Slot {
@@ -54,35 +71,111 @@ thread_local! {
             slot: RefCell::new(None),
             #[cfg(not(tokio_unstable))]
             learn: RefCell::new(None),
-            #[cfg(tokio_unstable)]
-            last_location: Cell::new((0, 0)),
         }
     };
 }
 
-/// The calling thread's view: its slot (set at thread start, so the hot
-/// path borrows it without touching the `Arc`'s count) and scratch state
-/// only this thread uses.
+/// The calling thread's slot (set at thread start) and scratch state only
+/// this thread uses; for the hooks that do not run on every poll.
 pub(super) struct Local {
     pub(super) slot: RefCell<Option<Arc<Slot>>>,
     #[cfg(not(tokio_unstable))]
     pub(super) learn: RefCell<Option<LocalLearn>>,
-    /// The last spawn location seen (address) and its interned index.
-    #[cfg(tokio_unstable)]
-    last_location: Cell<(usize, u32)>,
+}
+
+impl Drop for Local {
+    /// At thread exit, with the slot still set (no `on_thread_stop`): the
+    /// poll hooks must stop writing to the slot's cell before this `Arc`
+    /// is dropped, since it may be the last one and free the cell for
+    /// another thread.
+    fn drop(&mut self) {
+        #[cfg(tokio_unstable)]
+        POLLING.with(Polling::clear);
+    }
 }
 
 #[cfg(tokio_unstable)]
-impl Local {
-    #[inline]
-    pub(super) fn location_index(&self, location: &'static Location<'static>) -> u32 {
-        let address = location as *const Location<'static> as usize;
-        let (last, index) = self.last_location.get();
-        if last == address {
-            return index;
+thread_local! {
+    pub(super) static POLLING: Polling = const {
+        Polling {
+            current: Cell::new(None),
+            recent_locations: [const { Cell::new((0, 0)) }; 2],
         }
+    };
+}
+
+/// `tokio_unstable`: what the per-poll hooks read, in a thread-local that
+/// needs no destructor.
+#[cfg(tokio_unstable)]
+pub(super) struct Polling {
+    /// The id of the `RuntimeHooks` that registered this thread, and its
+    /// slot's poll state. Set only while [`LOCAL`] holds that slot.
+    current: Cell<Option<(u64, &'static PollState)>>,
+    /// The two spawn locations seen last on this thread (address, interned
+    /// index), the newest first; address 0 = none.
+    recent_locations: [Cell<(usize, u32)>; 2],
+}
+
+#[cfg(tokio_unstable)]
+impl Polling {
+    /// Points the poll hooks at `slot`, registered by hooks `owner`.
+    pub(super) fn set(&self, owner: u64, slot: &Slot) {
+        self.current.set(Some((owner, slot.poll.state())));
+    }
+
+    /// Stops the poll hooks writing anywhere.
+    pub(super) fn clear(&self) {
+        self.current.set(None);
+    }
+
+    /// The before-poll hook of hooks `owner`: when they registered this
+    /// thread, publishes a poll of `task`, spawned at `location`, as begun.
+    /// A location among the last two seen on this thread costs one or two
+    /// comparisons; another one is interned out of line.
+    #[inline]
+    pub(super) fn begin(&self, owner: u64, task: u64, location: &'static Location<'static>) {
+        let Some(state) = self.state(owner) else {
+            return;
+        };
+        let address = location as *const Location<'static> as usize;
+        for recent in &self.recent_locations {
+            let (seen, index) = recent.get();
+            if seen == address {
+                state.begin(task, index);
+                return;
+            }
+        }
+        self.begin_at_new_location(state, task, location);
+    }
+
+    /// The after-poll hook of hooks `owner`.
+    #[inline]
+    pub(super) fn end(&self, owner: u64) {
+        if let Some(state) = self.state(owner) {
+            state.end();
+        }
+    }
+
+    /// This thread's poll state, if hooks `owner` registered it.
+    #[inline]
+    fn state(&self, owner: u64) -> Option<&'static PollState> {
+        match self.current.get() {
+            Some((registered, state)) if registered == owner => Some(state),
+            _ => None,
+        }
+    }
+
+    #[inline(never)]
+    fn begin_at_new_location(
+        &self,
+        state: &PollState,
+        task: u64,
+        location: &'static Location<'static>,
+    ) {
         let index = intern_location(location);
-        self.last_location.set((address, index));
-        index
+        let [newest, older] = &self.recent_locations;
+        older.set(newest.get());
+        newest.set((location as *const Location<'static> as usize, index));
+        state.begin(task, index);
     }
 }

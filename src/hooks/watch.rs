@@ -28,8 +28,9 @@
 //! id and spawn location. A worker thread that is awake and whose sequence
 //! has not moved for longer than `T` is stuck: inside one poll (odd; the
 //! task is named) or outside any (even; then its metrics must be frozen
-//! too). The hot path is three relaxed stores, two fences that are free on
-//! x86, and no clock read: the monitor does the timing when it samples.
+//! too). The hooks only move the sequence and store the task (see
+//! `super::poll` for exactly what they do): no clock read, the monitor
+//! does the timing when it samples.
 //!
 //! # Which thread is it
 //!
