@@ -35,7 +35,7 @@ use super::task_id::task_id_bits;
 use super::worker_index::{Learned, LocalLearn};
 
 /// Distinguishes `RuntimeHooks` instances, so a hook only touches the slot
-/// its own instance registered.
+/// its own instance registered. Starts at 1: 0 means none.
 static NEXT_HOOKS_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Hooks for a `tokio::runtime::Builder` that let loopwatch tell which

@@ -83,13 +83,13 @@ pub(super) struct Local {
     pub(super) learn: RefCell<Option<LocalLearn>>,
 }
 
+#[cfg(tokio_unstable)]
 impl Drop for Local {
     /// At thread exit, with the slot still set (no `on_thread_stop`): the
     /// poll hooks must stop writing to the slot's cell before this `Arc`
     /// is dropped, since it may be the last one and free the cell for
     /// another thread.
     fn drop(&mut self) {
-        #[cfg(tokio_unstable)]
         POLLING.with(Polling::clear);
     }
 }
@@ -98,19 +98,30 @@ impl Drop for Local {
 thread_local! {
     pub(super) static POLLING: Polling = const {
         Polling {
-            current: Cell::new(None),
+            current: Cell::new((NO_HOOKS, &UNREGISTERED)),
             recent_locations: [const { Cell::new((0, 0)) }; 2],
         }
     };
 }
+
+/// No `RuntimeHooks` has id 0 (they count from 1).
+#[cfg(tokio_unstable)]
+const NO_HOOKS: u64 = 0;
+
+/// The poll state of a thread that no hooks registered: never written, as
+/// no hooks' id matches [`NO_HOOKS`]. It spares the hot path a check for
+/// "no state" on top of the check of the owner.
+#[cfg(tokio_unstable)]
+static UNREGISTERED: PollState = PollState::new();
 
 /// `tokio_unstable`: what the per-poll hooks read, in a thread-local that
 /// needs no destructor.
 #[cfg(tokio_unstable)]
 pub(super) struct Polling {
     /// The id of the `RuntimeHooks` that registered this thread, and its
-    /// slot's poll state. Set only while [`LOCAL`] holds that slot.
-    current: Cell<Option<(u64, &'static PollState)>>,
+    /// slot's poll state; set only while [`LOCAL`] holds that slot, else
+    /// `(NO_HOOKS, &UNREGISTERED)`.
+    current: Cell<(u64, &'static PollState)>,
     /// The two spawn locations seen last on this thread (address, interned
     /// index), the newest first; address 0 = none.
     recent_locations: [Cell<(usize, u32)>; 2],
@@ -120,12 +131,12 @@ pub(super) struct Polling {
 impl Polling {
     /// Points the poll hooks at `slot`, registered by hooks `owner`.
     pub(super) fn set(&self, owner: u64, slot: &Slot) {
-        self.current.set(Some((owner, slot.poll.state())));
+        self.current.set((owner, slot.poll.state()));
     }
 
     /// Stops the poll hooks writing anywhere.
     pub(super) fn clear(&self) {
-        self.current.set(None);
+        self.current.set((NO_HOOKS, &UNREGISTERED));
     }
 
     /// The before-poll hook of hooks `owner`: when they registered this
@@ -159,10 +170,8 @@ impl Polling {
     /// This thread's poll state, if hooks `owner` registered it.
     #[inline]
     fn state(&self, owner: u64) -> Option<&'static PollState> {
-        match self.current.get() {
-            Some((registered, state)) if registered == owner => Some(state),
-            _ => None,
-        }
+        let (registered, state) = self.current.get();
+        (registered == owner).then_some(state)
     }
 
     #[inline(never)]
