@@ -51,9 +51,8 @@ static NEXT_HOOKS_ID: AtomicU64 = AtomicU64::new(1);
 /// a read of a `const` thread-local, three or four comparisons, one load
 /// and three stores, and after it the thread-local read, three comparisons,
 /// one load and one store: none of them locked or fenced on x86-64, and no
-/// clock read (see
-/// [`on_before_task_poll`](Self::on_before_task_poll)); on stable tokio
-/// nothing runs per poll.
+/// clock read (details at `on_before_task_poll`). On stable tokio nothing
+/// runs per poll.
 ///
 /// `RuntimeHooks` is cheap to clone (an `Arc` inside). Use one per runtime.
 ///
