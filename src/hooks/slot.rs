@@ -188,3 +188,51 @@ impl Polling {
         state.begin(task, index);
     }
 }
+
+#[cfg(all(test, tokio_unstable))]
+mod tests {
+    use super::super::runtime_hooks::RuntimeHooks;
+
+    /// Runs `tasks` tasks, each polled twice, on a current_thread runtime
+    /// driven by the calling thread, with `hooks`' poll hooks installed.
+    fn poll_tasks_here(hooks: &RuntimeHooks, tasks: usize) {
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        let rt = hooks.install(&mut builder).build().expect("runtime");
+        rt.block_on(async {
+            for _ in 0..tasks {
+                tokio::spawn(tokio::task::yield_now()).await.unwrap();
+            }
+        });
+    }
+
+    /// The poll sequence of the one slot `hooks` registered.
+    fn poll_seq(hooks: &RuntimeHooks) -> u64 {
+        let (_, slots) = hooks.snapshot();
+        assert_eq!(slots.len(), 1, "one registered thread expected");
+        slots[0].poll.read().0
+    }
+
+    #[test]
+    fn poll_hooks_write_only_to_their_own_registered_slot() {
+        let (mine, other) = (RuntimeHooks::new(), RuntimeHooks::new());
+        std::thread::spawn(move || {
+            mine.on_thread_start();
+            // Another instance's poll hooks on this thread leave it alone.
+            poll_tasks_here(&other, 10);
+            assert_eq!(poll_seq(&mine), 0);
+            // Its own move the sequence, two per poll, ending outside one.
+            poll_tasks_here(&mine, 10);
+            let seq = poll_seq(&mine);
+            assert!(seq >= 40 && seq % 2 == 0, "sequence {seq} after 20 polls");
+            // Once unregistered, the thread's poll hooks write nowhere:
+            // the slot's cell may already serve another thread.
+            let (_, slots) = mine.snapshot();
+            mine.on_thread_stop();
+            poll_tasks_here(&mine, 10);
+            assert_eq!(slots[0].poll.read().0, seq);
+            assert!(mine.threads().is_empty());
+        })
+        .join()
+        .unwrap();
+    }
+}
