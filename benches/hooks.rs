@@ -251,7 +251,14 @@ fn main() {
              RUSTFLAGS=\"--cfg tokio_unstable\" for the poll hooks"
         );
     }
-    let cells: Vec<Cell> = vec![(1, 1), (1, 2), (2, 1), (2, 2)];
+    // LOOPWATCH_BENCH_WORKERS=1 (or 2): only the cells with that many workers.
+    let only_workers: Option<usize> = std::env::var("LOOPWATCH_BENCH_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok());
+    let cells: Vec<Cell> = [(1, 1), (1, 2), (2, 1), (2, 2)]
+        .into_iter()
+        .filter(|(workers, _)| only_workers.is_none_or(|w| w == *workers))
+        .collect();
     let variants = Variant::all();
     let yields = pick(20_000, 500);
     let beds: Vec<Bed> = cells

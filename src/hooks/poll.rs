@@ -36,15 +36,6 @@ pub(super) struct PollState {
 }
 
 impl PollState {
-    /// A cell outside any poll, that no poll has used.
-    pub(super) const fn new() -> Self {
-        PollState {
-            seq: AtomicU64::new(0),
-            task: AtomicU64::new(0),
-            location: AtomicU32::new(0),
-        }
-    }
-
     /// Publishes a poll of `task` (spawned at interned `location`) as
     /// begun: the data first, then the sequence made odd. The release fence
     /// orders the previous sequence store before the data stores, so a

@@ -17,8 +17,6 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-#[cfg(tokio_unstable)]
-use std::panic::Location;
 #[cfg(not(tokio_unstable))]
 use tokio::runtime::Handle;
 #[cfg(tokio_unstable)]
@@ -34,8 +32,8 @@ use super::task_id::task_id_bits;
 #[cfg(not(tokio_unstable))]
 use super::worker_index::{Learned, LocalLearn};
 
-/// Distinguishes `RuntimeHooks` instances, so a hook only touches the slot
-/// its own instance registered. Starts at 1: 0 means none.
+/// Distinguishes `RuntimeHooks` instances, so a thread start, stop, park or
+/// unpark hook only touches the slot its own instance registered.
 static NEXT_HOOKS_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Hooks for a `tokio::runtime::Builder` that let loopwatch tell which
@@ -48,8 +46,8 @@ static NEXT_HOOKS_ID: AtomicU64 = AtomicU64::new(1);
 /// installed, loopwatch records, per runtime thread, its OS thread id and
 /// whether it is parked; with `--cfg tokio_unstable` also the task it is
 /// polling (id and spawn location). Per poll that costs, before the poll,
-/// a read of a `const` thread-local, three or four comparisons, one load
-/// and three stores, and after it the thread-local read, three comparisons,
+/// a read of a `const` thread-local, two or three comparisons, one load
+/// and three stores, and after it the thread-local read, two comparisons,
 /// one load and one store: none of them locked or fenced on x86-64, and no
 /// clock read (details at `on_before_task_poll`). On stable tokio nothing
 /// runs per poll.
@@ -119,8 +117,7 @@ static NEXT_HOOKS_ID: AtomicU64 = AtomicU64::new(1);
 /// ```
 #[derive(Clone)]
 pub struct RuntimeHooks {
-    /// Tells this instance's slots from others'; kept next to the `Arc`,
-    /// not behind it, so the poll hooks compare it without a second load.
+    /// Tells this instance's slots from others'.
     id: u64,
     inner: Arc<Inner>,
 }
@@ -252,7 +249,7 @@ impl RuntimeHooks {
                 *learn = Some(LocalLearn::new(metrics, workers));
             }
             #[cfg(tokio_unstable)]
-            POLLING.with(|polling| polling.set(self.id, &new));
+            POLLING.with(|polling| polling.set(&new));
             *slot = Some(new.clone());
             self.inner.threads.lock().push(new);
             self.inner.generation.fetch_add(1, Ordering::Release);
@@ -368,14 +365,21 @@ impl RuntimeHooks {
     /// id and spawn location, and an odd poll sequence number. Call it from
     /// `Builder::on_before_task_poll`.
     ///
+    /// The poll hooks write to the slot of the calling thread whichever
+    /// `RuntimeHooks` registered it (unlike the thread, park and unpark
+    /// hooks, they do not check the instance: that check cost more than the
+    /// rest of the hook). A slot so describes its thread: if a runtime's
+    /// task drives another runtime inside `block_in_place`, the inner
+    /// runtime's polls show in the thread's slot too.
+    ///
     /// The cost, when the task was spawned at one of the two locations
     /// polled last on this thread: a read of a `const` thread-local (no
     /// lazy initialisation, no destructor check, no `RefCell`), a check that
-    /// these hooks registered the thread, one or two address comparisons
-    /// for the spawn location, then one relaxed load, two relaxed stores
-    /// and one release store, with a release fence; on x86-64 all of them
-    /// plain moves. No lock, no clock read, no allocation. A spawn location
-    /// not among the last two is looked up, out of line, in a process-wide
+    /// the thread is registered, one or two address comparisons for the
+    /// spawn location, then one relaxed load, two relaxed stores and one
+    /// release store, with a release fence; on x86-64 all of them plain
+    /// moves. No lock, no clock read, no allocation. A spawn location not
+    /// among the last two is looked up, out of line, in a process-wide
     /// table (a hash and a probe; the first poll from a new location ever
     /// inserts it once).
     ///
@@ -395,21 +399,14 @@ impl RuntimeHooks {
     #[cfg(tokio_unstable)]
     #[inline]
     pub fn on_before_task_poll(&self, meta: &TaskMeta<'_>) {
-        self.before_poll(task_id_bits(meta.id()), meta.spawned_at());
-    }
-
-    /// [`on_before_task_poll`](Self::on_before_task_poll) with the task's
-    /// id and spawn location taken out of its `TaskMeta`.
-    #[cfg(tokio_unstable)]
-    #[inline]
-    fn before_poll(&self, task: u64, location: &'static Location<'static>) {
-        POLLING.with(|polling| polling.begin(self.id, task, location));
+        let (task, location) = (task_id_bits(meta.id()), meta.spawned_at());
+        POLLING.with(|polling| polling.begin(task, location));
     }
 
     /// Records the end of a task poll on the calling worker. Call it from
     /// `Builder::on_after_task_poll`. The cost: the thread-local read and
-    /// the registration check as before the poll, one relaxed load, a check
-    /// that a poll is open and one release store.
+    /// the check that the thread is registered, as before the poll, then
+    /// one relaxed load, a check that a poll is open and one release store.
     ///
     /// # Examples
     ///
@@ -427,13 +424,7 @@ impl RuntimeHooks {
     #[cfg(tokio_unstable)]
     #[inline]
     pub fn on_after_task_poll(&self, _meta: &TaskMeta<'_>) {
-        self.after_poll();
-    }
-
-    #[cfg(tokio_unstable)]
-    #[inline]
-    fn after_poll(&self) {
-        POLLING.with(|polling| polling.end(self.id));
+        POLLING.with(Polling::end);
     }
 
     /// OS thread ids (Linux tids) of every runtime thread registered now:

@@ -10,12 +10,16 @@
 //! * `POLLING` (`tokio_unstable` only), for the per-poll hooks: a `const`
 //!   thread-local without a destructor, so reading it is one access
 //!   relative to the thread pointer, with no lazy initialisation, no
-//!   destructor registration and no borrow flag. It holds the owning
-//!   hooks' id and a `&'static` reference to the slot's [`PollState`]
-//!   (leased from [`super::poll_pool`]), set at thread start and cleared
-//!   before the slot can be dropped; and the last spawn location seen, so
-//!   a poll of a task from the same spawn site as the previous one costs
-//!   one comparison.
+//!   destructor registration and no borrow flag. It holds a `&'static`
+//!   reference to the slot's [`PollState`] (leased from
+//!   [`super::poll_pool`]), set at thread start and cleared before the
+//!   slot can be dropped; and the last two spawn locations seen, so a poll
+//!   of a task from the same spawn site as one of the previous two costs
+//!   one or two comparisons. The poll hooks do not check which
+//!   `RuntimeHooks` registered the thread (that check, which needs the
+//!   hooks' own id next to the thread-local, cost more than the rest of
+//!   the hook): a slot describes its thread, whichever runtime's task the
+//!   thread polls.
 //!
 //! This module does not own the registry of slots
 //! ([`RuntimeHooks`](super::runtime_hooks::RuntimeHooks)), nor what a slot
@@ -98,30 +102,19 @@ impl Drop for Local {
 thread_local! {
     pub(super) static POLLING: Polling = const {
         Polling {
-            current: Cell::new((NO_HOOKS, &UNREGISTERED)),
+            current: Cell::new(None),
             recent_locations: [const { Cell::new((0, 0)) }; 2],
         }
     };
 }
 
-/// No `RuntimeHooks` has id 0 (they count from 1).
-#[cfg(tokio_unstable)]
-const NO_HOOKS: u64 = 0;
-
-/// The poll state of a thread that no hooks registered: never written, as
-/// no hooks' id matches [`NO_HOOKS`]. It spares the hot path a check for
-/// "no state" on top of the check of the owner.
-#[cfg(tokio_unstable)]
-static UNREGISTERED: PollState = PollState::new();
-
 /// `tokio_unstable`: what the per-poll hooks read, in a thread-local that
 /// needs no destructor.
 #[cfg(tokio_unstable)]
 pub(super) struct Polling {
-    /// The id of the `RuntimeHooks` that registered this thread, and its
-    /// slot's poll state; set only while [`LOCAL`] holds that slot, else
-    /// `(NO_HOOKS, &UNREGISTERED)`.
-    current: Cell<(u64, &'static PollState)>,
+    /// The poll state of the slot this thread is registered with; set only
+    /// while [`LOCAL`] holds that slot.
+    current: Cell<Option<&'static PollState>>,
     /// The two spawn locations seen last on this thread (address, interned
     /// index), the newest first; address 0 = none.
     recent_locations: [Cell<(usize, u32)>; 2],
@@ -129,49 +122,45 @@ pub(super) struct Polling {
 
 #[cfg(tokio_unstable)]
 impl Polling {
-    /// Points the poll hooks at `slot`, registered by hooks `owner`.
-    pub(super) fn set(&self, owner: u64, slot: &Slot) {
-        self.current.set((owner, slot.poll.state()));
+    /// Points the poll hooks at `slot`'s poll state.
+    pub(super) fn set(&self, slot: &Slot) {
+        self.current.set(Some(slot.poll.state()));
     }
 
     /// Stops the poll hooks writing anywhere.
     pub(super) fn clear(&self) {
-        self.current.set((NO_HOOKS, &UNREGISTERED));
+        self.current.set(None);
     }
 
-    /// The before-poll hook of hooks `owner`: when they registered this
-    /// thread, publishes a poll of `task`, spawned at `location`, as begun.
-    /// A location among the last two seen on this thread costs one or two
-    /// comparisons; another one is interned out of line.
+    /// The before-poll hook: if this thread is registered, publishes a poll
+    /// of `task`, spawned at `location`, as begun. A location among the
+    /// last two seen on this thread costs one or two comparisons; another
+    /// one is interned out of line.
     #[inline]
-    pub(super) fn begin(&self, owner: u64, task: u64, location: &'static Location<'static>) {
-        let Some(state) = self.state(owner) else {
+    pub(super) fn begin(&self, task: u64, location: &'static Location<'static>) {
+        let Some(state) = self.current.get() else {
             return;
         };
         let address = location as *const Location<'static> as usize;
-        for recent in &self.recent_locations {
-            let (seen, index) = recent.get();
-            if seen == address {
-                state.begin(task, index);
-                return;
-            }
+        let [newest, older] = &self.recent_locations;
+        let (seen, index) = newest.get();
+        if seen == address {
+            return state.begin(task, index);
+        }
+        let (seen, index) = older.get();
+        if seen == address {
+            return state.begin(task, index);
         }
         self.begin_at_new_location(state, task, location);
     }
 
-    /// The after-poll hook of hooks `owner`.
+    /// The after-poll hook: if this thread is registered, publishes the
+    /// poll as ended.
     #[inline]
-    pub(super) fn end(&self, owner: u64) {
-        if let Some(state) = self.state(owner) {
+    pub(super) fn end(&self) {
+        if let Some(state) = self.current.get() {
             state.end();
         }
-    }
-
-    /// This thread's poll state, if hooks `owner` registered it.
-    #[inline]
-    fn state(&self, owner: u64) -> Option<&'static PollState> {
-        let (registered, state) = self.current.get();
-        (registered == owner).then_some(state)
     }
 
     #[inline(never)]
@@ -191,7 +180,10 @@ impl Polling {
 
 #[cfg(all(test, tokio_unstable))]
 mod tests {
+    use std::sync::{Arc, Barrier};
+
     use super::super::runtime_hooks::RuntimeHooks;
+    use super::Slot;
 
     /// Runs `tasks` tasks, each polled twice, on a current_thread runtime
     /// driven by the calling thread, with `hooks`' poll hooks installed.
@@ -205,34 +197,57 @@ mod tests {
         });
     }
 
-    /// The poll sequence of the one slot `hooks` registered.
-    fn poll_seq(hooks: &RuntimeHooks) -> u64 {
+    /// The registered slot of the thread with OS thread id `tid`.
+    fn slot_of(hooks: &RuntimeHooks, tid: i32) -> Arc<Slot> {
         let (_, slots) = hooks.snapshot();
-        assert_eq!(slots.len(), 1, "one registered thread expected");
-        slots[0].poll.read().0
+        slots
+            .into_iter()
+            .find(|s| s.tid == tid)
+            .expect("thread registered")
     }
 
     #[test]
-    fn poll_hooks_write_only_to_their_own_registered_slot() {
-        let (mine, other) = (RuntimeHooks::new(), RuntimeHooks::new());
-        std::thread::spawn(move || {
-            mine.on_thread_start();
-            // Another instance's poll hooks on this thread leave it alone.
-            poll_tasks_here(&other, 10);
-            assert_eq!(poll_seq(&mine), 0);
-            // Its own move the sequence, two per poll, ending outside one.
-            poll_tasks_here(&mine, 10);
-            let seq = poll_seq(&mine);
+    fn poll_hooks_publish_only_to_the_calling_threads_slot_while_registered() {
+        let hooks = RuntimeHooks::new();
+        let registered = Arc::new(Barrier::new(2));
+        let done = Arc::new(Barrier::new(2));
+        // A registered thread that polls nothing.
+        let idle = std::thread::spawn({
+            let (hooks, registered, done) = (hooks.clone(), registered.clone(), done.clone());
+            move || {
+                hooks.on_thread_start();
+                registered.wait();
+                done.wait();
+                crate::stacks::current_tid()
+            }
+        });
+        registered.wait();
+        let hooks_here = hooks.clone();
+        let polling = std::thread::spawn(move || {
+            let hooks = hooks_here;
+            // Not registered yet: its polls publish nowhere.
+            poll_tasks_here(&hooks, 10);
+            hooks.on_thread_start();
+            let mine = slot_of(&hooks, crate::stacks::current_tid());
+            assert_eq!(mine.poll.read().0, 0);
+            // Two sequence steps per poll, ending outside one.
+            poll_tasks_here(&hooks, 10);
+            let seq = mine.poll.read().0;
             assert!(seq >= 40 && seq % 2 == 0, "sequence {seq} after 20 polls");
-            // Once unregistered, the thread's poll hooks write nowhere:
-            // the slot's cell may already serve another thread.
-            let (_, slots) = mine.snapshot();
-            mine.on_thread_stop();
-            poll_tasks_here(&mine, 10);
-            assert_eq!(slots[0].poll.read().0, seq);
-            assert!(mine.threads().is_empty());
-        })
-        .join()
-        .unwrap();
+            // Once unregistered, its poll hooks write nowhere: the slot's
+            // cell may already serve another thread.
+            hooks.on_thread_stop();
+            poll_tasks_here(&hooks, 10);
+            assert_eq!(mine.poll.read().0, seq);
+        });
+        polling.join().unwrap();
+        let idle_tid = {
+            let (_, slots) = hooks.snapshot();
+            assert_eq!(slots.len(), 1, "only the idle thread is registered now");
+            assert_eq!(slots[0].poll.read().0, 0, "the idle thread's slot moved");
+            slots[0].tid
+        };
+        done.wait();
+        assert_eq!(idle.join().unwrap(), idle_tid);
     }
 }

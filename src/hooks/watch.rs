@@ -55,6 +55,12 @@
 //!   (descheduled on an overloaded machine, waiting on a page fault) is
 //!   reported too: the tasks queued on it did wait that long.
 //! * One `RuntimeHooks` serves one runtime.
+//! * With `tokio_unstable`, the poll hooks publish into the calling
+//!   thread's slot whichever `RuntimeHooks` registered it. A task that
+//!   drives another runtime with hooks inside `block_in_place` therefore
+//!   has its poll closed by the inner runtime's last poll: if it blocks
+//!   after `block_in_place` returns, in the same poll, its worker is still
+//!   reported stuck, but without naming the task.
 
 use std::fmt;
 use std::sync::Arc;
