@@ -20,8 +20,9 @@
 //! against `none`, and says so. Polls are counted with `worker_poll_count`
 //! under `tokio_unstable`, else computed from the workload.
 //!
-//! Overhead per poll comes from an interleaved section: every round runs
-//! each variant of a (workers, sites) cell 5 times, in rotated order; the
+//! Overhead per poll comes from an interleaved section: every round builds
+//! fresh runtimes and runs each variant of a (workers, sites) cell 5 times,
+//! in rotated order; the
 //! fastest of the 5 (other tenants of the machine only ever add time) is
 //! paired with the other variants' fastest of the same round; the median
 //! over rounds is reported with its distribution-free 95 % confidence
@@ -261,13 +262,18 @@ fn main() {
         .collect();
     let variants = Variant::all();
     let yields = pick(20_000, 500);
-    let beds: Vec<Bed> = cells
-        .iter()
-        .flat_map(|&cell| variants.iter().map(move |&v| Bed::new(cell, v, yields)))
-        .collect();
-    for b in &beds {
-        let _ = b.run_once();
-    }
+    // Every runtime, warmed by one run.
+    let new_beds = || -> Vec<Bed> {
+        let beds: Vec<Bed> = cells
+            .iter()
+            .flat_map(|&cell| variants.iter().map(move |&v| Bed::new(cell, v, yields)))
+            .collect();
+        for b in &beds {
+            let _ = b.run_once();
+        }
+        beds
+    };
+    let mut beds = new_beds();
     let (d, cpu, polls) = beds[0].run_once();
     println!(
         "one run: {:.1} ms ({:.1} ms CPU), {} polls ({})",
@@ -322,6 +328,14 @@ fn main() {
         .unwrap_or(pick(25, 2));
     let mut per_poll: HashMap<(Cell, Variant), Vec<(f64, f64)>> = HashMap::new();
     for r in 0..rounds {
+        // Fresh runtimes every round: where a runtime's allocations and
+        // threads land shifts its time per poll by a nanosecond or two, the
+        // same for all its runs; new ones each round turn that bias into
+        // noise that the median over rounds averages out.
+        if r > 0 {
+            drop(std::mem::take(&mut beds));
+            beds = new_beds();
+        }
         for &cell in &cells {
             let set: Vec<&Bed> = beds.iter().filter(|b| b.cell == cell).collect();
             for k in 0..set.len() {
@@ -393,12 +407,12 @@ fn main() {
                 } else {
                     with_ci(&diff(none, false))
                 },
-                if *v == baseline {
+                if *v == baseline || *v == Variant::None {
                     "-".into()
                 } else {
                     with_ci(&share)
                 },
-                if *v == baseline {
+                if *v == baseline || *v == Variant::None {
                     "-".into()
                 } else {
                     with_ci(&diff(base, true))
