@@ -117,12 +117,11 @@ static NEXT_HOOKS_ID: AtomicU64 = AtomicU64::new(1);
 /// ```
 #[derive(Clone)]
 pub struct RuntimeHooks {
-    /// Tells this instance's slots from others'.
-    id: u64,
     inner: Arc<Inner>,
 }
 
 struct Inner {
+    id: u64,
     /// Every registered runtime thread. Locked at thread start and stop and
     /// by the monitor when [`Inner::generation`] moved; never on a hot path.
     threads: Mutex<Vec<Arc<Slot>>>,
@@ -158,8 +157,8 @@ impl RuntimeHooks {
     /// ```
     pub fn new() -> Self {
         RuntimeHooks {
-            id: NEXT_HOOKS_ID.fetch_add(1, Ordering::Relaxed),
             inner: Arc::new(Inner {
+                id: NEXT_HOOKS_ID.fetch_add(1, Ordering::Relaxed),
                 threads: Mutex::new(Vec::new()),
                 generation: AtomicU64::new(0),
             }),
@@ -234,7 +233,7 @@ impl RuntimeHooks {
             #[cfg(not(tokio_unstable))]
             let workers = metrics.as_ref().map_or(0, |m| m.num_workers());
             let new = Arc::new(Slot {
-                owner: self.id,
+                owner: self.inner.id,
                 tid: crate::stacks::current_tid(),
                 thread_id: thread.id(),
                 name: thread.name().map(str::to_owned),
@@ -274,7 +273,7 @@ impl RuntimeHooks {
             let Ok(mut slot) = local.slot.try_borrow_mut() else {
                 return;
             };
-            if slot.as_ref().map(|s| s.owner) != Some(self.id) {
+            if slot.as_ref().map(|s| s.owner) != Some(self.inner.id) {
                 return;
             }
             // The poll hooks stop using the slot's cell before its last
@@ -312,7 +311,7 @@ impl RuntimeHooks {
             let Ok(slot) = local.slot.try_borrow() else {
                 return;
             };
-            let Some(slot) = slot.as_deref().filter(|s| s.owner == self.id) else {
+            let Some(slot) = slot.as_deref().filter(|s| s.owner == self.inner.id) else {
                 return;
             };
             #[cfg(not(tokio_unstable))]
@@ -344,7 +343,7 @@ impl RuntimeHooks {
             let Ok(slot) = local.slot.try_borrow() else {
                 return;
             };
-            let Some(slot) = slot.as_deref().filter(|s| s.owner == self.id) else {
+            let Some(slot) = slot.as_deref().filter(|s| s.owner == self.inner.id) else {
                 return;
             };
             let seq = slot.park_seq.load(Ordering::Relaxed);
