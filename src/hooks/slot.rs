@@ -16,9 +16,9 @@
 //!   slot can be dropped; and the last two spawn locations seen, so a poll
 //!   of a task from the same spawn site as one of the previous two costs
 //!   one or two comparisons. The poll hooks do not check which
-//!   `RuntimeHooks` registered the thread (that check, which needs the
-//!   hooks' own id next to the thread-local, cost more than the rest of
-//!   the hook): a slot describes its thread, whichever runtime's task the
+//!   `RuntimeHooks` registered the thread (that check needs the hooks' own
+//!   id after the thread-local read and cost more than the rest of the
+//!   hook): a slot describes its thread, whichever runtime's task the
 //!   thread polls.
 //!
 //! This module does not own the registry of slots
