@@ -101,6 +101,9 @@ pub(crate) struct IncidentContext<'a> {
     pub poller: Option<i32>,
     /// The runtime's worker threads the hooks know of.
     pub hook_threads: Vec<i32>,
+    /// The hooks, when the runtime is watched with them (for poll counts
+    /// under `tokio_unstable`).
+    pub hooks: Option<crate::hooks::RuntimeHooks>,
     /// How long the monitor itself was not scheduled during the stall.
     pub monitor_gap: Duration,
     pub handle: &'a tokio::runtime::Handle,
@@ -134,6 +137,9 @@ struct ActiveStall {
     probe_stalled: bool,
     loop_tids: Vec<i32>,
     poller: Option<i32>,
+    /// The hooks and the poller's polls begun at detection, to count the
+    /// polls it completed during the stall (`tokio_unstable`).
+    polls: Option<(crate::hooks::RuntimeHooks, u64)>,
     monitor_gap: Duration,
     lag: Duration,
     queue_depth: Option<usize>,
@@ -641,6 +647,10 @@ impl Diagnostics {
             probe_stalled: ctx.probe_stalled,
             loop_tids,
             poller: ctx.poller,
+            polls: ctx.hooks.clone().and_then(|h| {
+                let begun = h.polls_begun(ctx.poller?)?;
+                Some((h, begun))
+            }),
             monitor_gap: ctx.monitor_gap,
             lag,
             queue_depth: Some(rm.global_queue_depth),
@@ -746,7 +756,9 @@ impl Diagnostics {
             deadlock: stall.deadlock.clone(),
             stuck_workers: stuck_now,
             samples: &stall.samples,
-            polls_during_stall: None,
+            polls_during_stall: stall.polls.as_ref().and_then(|(h, at_detection)| {
+                Some(h.polls_begun(stall.poller?)?.saturating_sub(*at_detection))
+            }),
             own: self.own.clone(),
             max_stack_bytes: self.max_stack_bytes(),
         };

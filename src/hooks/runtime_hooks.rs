@@ -477,6 +477,23 @@ impl RuntimeHooks {
             .collect()
     }
 
+    /// With `--cfg tokio_unstable`: how many task polls thread `tid` has
+    /// begun since it registered (its poll sequence is odd inside a poll).
+    /// `None` on stable tokio, or for a thread these hooks do not know.
+    pub(crate) fn polls_begun(&self, tid: i32) -> Option<u64> {
+        #[cfg(tokio_unstable)]
+        {
+            let threads = self.inner.threads.lock();
+            let slot = threads.iter().find(|s| s.tid == tid)?;
+            Some(slot.poll.read().0.div_ceil(2))
+        }
+        #[cfg(not(tokio_unstable))]
+        {
+            let _ = tid;
+            None
+        }
+    }
+
     /// The registry's generation: it changes whenever a thread registers
     /// or unregisters.
     pub(super) fn generation(&self) -> u64 {

@@ -261,6 +261,7 @@ impl Monitor {
                 .as_ref()
                 .map(|h| h.worker_threads())
                 .unwrap_or_default(),
+            hooks: w.hooks.clone(),
             monitor_gap,
             handle: &w.handle,
             deadline,
