@@ -35,7 +35,7 @@ use crate::report::{
 };
 use crate::report_store::ReportStore;
 use crate::settings::{DiagnosticsConfig, Settings};
-use crate::stacks::{Capture, CaptureOutcome, StackSampler, ThreadStack};
+use crate::stacks::{Capture, CaptureOutcome, NotCaptured, StackSampler, ThreadStack};
 use crate::status::human;
 use crate::verdict::{decide, Evidence};
 
@@ -115,7 +115,7 @@ pub(crate) struct Diagnostics {
 }
 
 impl Diagnostics {
-    /// Prepares capture (signal handler, module list, symbolizer) and storage.
+    /// Prepares capture (the signal handler only) and storage.
     pub(crate) fn new(
         settings: Arc<Settings>,
         config: DiagnosticsConfig,
@@ -138,30 +138,6 @@ impl Diagnostics {
             counters: Arc::default(),
             config,
         })
-    }
-
-    /// Warms the unwinder and symbolizer by capturing this process once, on
-    /// a short-lived thread of its own, so that the first real capture does
-    /// not pay for loading debug info (hundreds of ms for a debug binary)
-    /// and the monitor starts watching at once.
-    pub(crate) fn warm_up(&self) {
-        let Some(s) = self.sampler.clone() else {
-            return;
-        };
-        let spawned = std::thread::Builder::new()
-            .name("loopwatch-warmup".into())
-            .spawn(move || {
-                let t0 = clock::now_us();
-                let c = s.capture_all();
-                tracing::debug!(
-                    threads = c.threads.len(),
-                    took = %human(us(clock::now_us() - t0)),
-                    "loopwatch symbolizer warmed"
-                );
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "loopwatch could not warm its symbolizer; the first report will be slower");
-        }
     }
 
     /// The report directory, if reports go to files.
@@ -195,14 +171,9 @@ impl Diagnostics {
             // Capture off: /proc facts only.
             let threads = procfs::list_threads()
                 .into_iter()
-                .map(|tid| ThreadStack {
-                    tid,
-                    facts: procfs::read_thread(tid),
-                    outcome: CaptureOutcome::Failed,
-                    detail: Some("stack capture is off".into()),
-                    registers: None,
-                    stack_bytes: 0,
-                    frames: Vec::new(),
+                .map(|tid| {
+                    let facts = procfs::read_thread(tid);
+                    ThreadStack::not_captured(tid, facts, NotCaptured::CaptureOff)
                 })
                 .collect();
             return (threads, None);

@@ -6,6 +6,9 @@
 //! process-wide facts (pid, resident memory, thread count, uptime,
 //! executable path and its GNU build id).
 //!
+//! For a thread that sleeps in the kernel it also reads the kernel stack
+//! (`/proc/self/task/TID/stack`), when the process may.
+//!
 //! It also owns the kernel's clock-tick rate that `/proc` counts CPU times
 //! in, read from the auxiliary vector (`/proc/self/auxv`) rather than with
 //! `sysconf`, so this module needs no `unsafe` and no other loopwatch
@@ -116,6 +119,37 @@ pub fn read_thread(tid: i32) -> Option<ThreadFacts> {
         syscall,
         cpu_time: ticks_to_duration(parsed.utime.saturating_add(parsed.stime), ticks),
     })
+}
+
+/// The kernel stack of thread `tid` (`/proc/self/task/TID/stack`), one
+/// function per entry, innermost first (`do_wait+0x1a5/0x2d0`).
+///
+/// Empty when the file cannot be read: the kernel shows it only to a
+/// process with `CAP_SYS_ADMIN`. Meant for threads that sleep in the kernel
+/// (state `D`) or are stopped; for a running thread it is meaningless.
+pub fn kernel_stack(tid: i32) -> Vec<String> {
+    if tid <= 0 {
+        return Vec::new();
+    }
+    fs::read_to_string(format!("/proc/self/task/{tid}/stack"))
+        .map(|s| parse_kernel_stack(&s))
+        .unwrap_or_default()
+}
+
+/// `[<0>] do_wait+0x1a5/0x2d0` lines; the address field (zeroed for
+/// unprivileged readers anyway) is dropped. At most 64 entries.
+fn parse_kernel_stack(s: &str) -> Vec<String> {
+    s.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let f = match l.split_once("] ") {
+                Some((_, f)) => f.trim(),
+                None => l,
+            };
+            (!f.is_empty()).then(|| f.to_string())
+        })
+        .take(64)
+        .collect()
 }
 
 /// Facts about the whole process.
@@ -288,6 +322,9 @@ fn syscall_name(number: i64) -> Option<&'static str> {
         (libc::SYS_sendmsg, "sendmsg"),
         (libc::SYS_recvmsg, "recvmsg"),
         (libc::SYS_wait4, "wait4"),
+        (libc::SYS_clone, "clone"),
+        (libc::SYS_vfork, "vfork"),
+        (libc::SYS_clone3, "clone3"),
         (libc::SYS_fcntl, "fcntl"),
         (libc::SYS_flock, "flock"),
         (libc::SYS_fsync, "fsync"),
@@ -408,6 +445,22 @@ mod tests {
         link.file_name()
             .and_then(|name| name.to_str()?.parse().ok())
             .expect("tid in /proc/thread-self")
+    }
+
+    #[test]
+    fn kernel_stack_lines_lose_their_address_field() {
+        let text = "[<0>] do_wait+0x1a5/0x2d0\n[<0>] kernel_wait4+0xa6/0x140\n\n[<0>] entry_SYSCALL_64_after_hwframe+0x76/0x7e\n";
+        assert_eq!(
+            parse_kernel_stack(text),
+            vec![
+                "do_wait+0x1a5/0x2d0",
+                "kernel_wait4+0xa6/0x140",
+                "entry_SYSCALL_64_after_hwframe+0x76/0x7e"
+            ]
+        );
+        assert!(parse_kernel_stack("").is_empty());
+        assert!(kernel_stack(0).is_empty());
+        assert!(kernel_stack(-5).is_empty());
     }
 
     #[test]

@@ -560,6 +560,54 @@ fn collect() -> Sample {
 }
 
 // ---------------------------------------------------------------------------
+// File views and the heap
+// ---------------------------------------------------------------------------
+
+/// A read-only, private view of `len` bytes of `file` from `offset` (any
+/// offset: the mapping is page-aligned underneath). Nothing is read until a
+/// page is touched, and touched pages are the page cache's, not the heap's:
+/// dropping the view gives them back at once.
+pub(crate) fn map_file_range(
+    file: &std::fs::File,
+    offset: u64,
+    len: usize,
+) -> std::io::Result<memmap2::Mmap> {
+    // SAFETY: the mapping is read-only and private, and loopwatch never
+    // writes the files it maps: ELF modules this process has loaded and
+    // their debug files, all opened read-only. The remaining hazard is
+    // another process truncating such a file while it is mapped, which
+    // would fault on access (SIGBUS); the dynamic loader's own mappings of
+    // the same files carry that hazard already, for the code that runs.
+    unsafe {
+        memmap2::MmapOptions::new()
+            .offset(offset)
+            .len(len)
+            .map(file)
+    }
+}
+
+/// A read-only, private view of the whole of `file` (see
+/// [`map_file_range`]).
+pub(crate) fn map_file(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
+    // SAFETY: as in `map_file_range`: read-only, private, of a file
+    // loopwatch never writes.
+    unsafe { memmap2::Mmap::map(file) }
+}
+
+/// Returns the heap's free pages to the OS (glibc's `malloc_trim(0)`):
+/// after a report, the memory symbolization used goes back at once instead
+/// of staying in the allocator's free lists. A no-op on other C libraries.
+pub(crate) fn return_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim takes the allocator's own locks, is thread-safe
+    // and only releases memory that is free; it is never called from the
+    // signal handler.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The vdso
 // ---------------------------------------------------------------------------
 

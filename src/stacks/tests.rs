@@ -143,9 +143,13 @@ fn sampler_is_send_and_sync() {
 fn spinning_thread_is_captured_with_file_and_line() {
     let sampler = sampler();
     let spinner = TestThread::spawn("lw-spinner", spin_here_for_test);
-    let capture = sampler.capture(&[spinner.tid]);
-    let t = thread(&capture, spinner.tid).clone();
+    let mut capture = sampler.capture(&[spinner.tid]);
+    let spinner_tid = spinner.tid;
     spinner.join();
+    // Files and lines come from the DWARF pass, after the capture.
+    let done = sampler.symbolize(&mut capture.threads, Duration::from_secs(10));
+    assert!(!done.ran_out_of_time, "{done:?}");
+    let t = thread(&capture, spinner_tid).clone();
 
     assert_eq!(t.outcome, CaptureOutcome::Captured, "{t:?}");
     let regs = t.registers.expect("registers");
@@ -287,10 +291,12 @@ fn thread_blocking_the_signal_is_unresponsive_and_others_still_captured() {
 
     // Without it the signal is sent, stays pending, and the wait times out.
     let started = Instant::now();
-    let capture = sampler
-        .state
-        .lock()
-        .capture(&sampler.config, &[blocked.tid, spinner.tid], false);
+    let capture = sampler.state.lock().capture(
+        &sampler.config,
+        &[blocked.tid, spinner.tid],
+        Duration::from_secs(5),
+        false,
+    );
     let elapsed = started.elapsed();
     let b = thread(&capture, blocked.tid);
     assert_eq!(b.outcome, CaptureOutcome::Unresponsive, "{b:?}");
@@ -479,11 +485,11 @@ fn second_capture_is_served_from_the_symbol_cache() {
     let first = first.expect("sleeping capture");
     let mut second = None;
     for _ in 0..50 {
-        let cached = sampler.state.lock().cached_symbols();
+        let cached = sampler.state.lock().cached_names();
         let c = sampler.capture(&[sleeper.tid]);
         if names(thread(&c, sleeper.tid)) == names(thread(&first, sleeper.tid)) {
             // The same stack needed no new symbolization at all.
-            assert_eq!(sampler.state.lock().cached_symbols(), cached);
+            assert_eq!(sampler.state.lock().cached_names(), cached);
             second = Some(c);
             break;
         }
