@@ -223,9 +223,9 @@ impl Diagnostics {
 
     /// The second pass over a report's stacks: files, lines and inlined
     /// functions from debug information, within the symbolization budget
-    /// (and never past `until`, a monotonic clock reading); then the
-    /// report is decided again and rewritten, and every bit of
-    /// symbolization state is released.
+    /// (and never past `until`, a monotonic clock reading); the caller
+    /// then decides again, rewrites the report and releases the
+    /// symbolization state (`release_symbols`).
     fn symbolize(
         &self,
         stall: &mut ActiveStall,
@@ -244,7 +244,6 @@ impl Diagnostics {
             Some(threads) => sampler.symbolize(threads, budget),
             None => sampler.symbolize(&mut stall.first, budget),
         };
-        sampler.release();
         if done.ran_out_of_time {
             stall.report.notes.push(format!(
                 "symbolization ran out of its {} budget: some frames show symbol-table names or addresses only",
@@ -252,6 +251,15 @@ impl Diagnostics {
             ));
         }
         stall.report.notes.extend(done.notes);
+    }
+
+    /// Drops the sampler's symbolization state and returns the freed heap
+    /// (the report's own buffers included) to the OS: called after the
+    /// last write of a report version.
+    fn release_symbols(&self) {
+        if let Some(sampler) = &self.sampler {
+            sampler.release();
+        }
     }
 
     /// Step 2: the stall was declared. Captures, decides, writes.
@@ -358,6 +366,7 @@ impl Diagnostics {
             self.symbolize(&mut stall, None, until);
             self.refresh(&mut stall, None, None);
             path = self.write(&mut stall).or(path);
+            self.release_symbols();
         }
         tracing::error!(
             runtime = ctx.runtime,
@@ -466,6 +475,8 @@ impl Diagnostics {
             let mut order = stuck_first.clone();
             order.extend(stall.loop_tids.iter().filter(|t| !stuck_first.contains(t)));
             let (mut second, info) = self.capture(reason, &order, stall.deadline);
+            // Names the first capture's DWARF pass found, for the write below.
+            crate::stacks::carry_names(&stall.first, &mut second);
             let at = clock::now_us();
             stall.report.captures.extend(info);
             stall.report.stalled_for_seconds =
@@ -477,6 +488,7 @@ impl Diagnostics {
                 self.symbolize(&mut stall, Some(&mut second), until);
                 self.refresh(&mut stall, Some(&second), Some(at));
                 path = self.write(&mut stall).or(path);
+                self.release_symbols();
             }
             tracing::warn!(
                 runtime = %stall.report.runtime,
@@ -509,6 +521,8 @@ impl Diagnostics {
             report = %path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(stderr)".into()),
             "{}", stall.report.summary()
         );
+        drop(stall);
+        self.release_symbols();
         Outcome {
             report: path,
             ..Outcome::default()

@@ -60,7 +60,8 @@
 //! * [`names`], [`symtab`], [`dwarf`]: demangling and qualifying names,
 //!   the symbol-table pass and the DWARF pass;
 //! * [`offline`]: [`symbolize_offset`], a report's offset against a debug
-//!   file, after the fact;
+//!   file, after the fact; [`carry`]: one capture's DWARF names reused for
+//!   another capture of the same stall;
 //! * [`coverage`]: the start-up log line on what reports can name.
 //!
 //! Inside this directory imports go one way, never in a circle: `sampler`
@@ -71,10 +72,12 @@
 //! `dwarf`, `frame` and `names`; `coverage` uses `debugfile`, `dwarf` and
 //! `elf`; `symtab` uses `debugfile`, `elf`, `modules` and `names`;
 //! `modules` uses `elf`, `maps` and `sys`; `debugfile` uses `elf`;
-//! `names` and `capture` use `frame`; `frame`, `config`, `elf`, `maps`
+//! `carry` uses `capture` and `frame`; `names` and `capture` use `frame`; `frame`, `config`, `elf`, `maps`
 //! and `sys` use no sibling.
 
 mod capture;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod carry;
 mod config;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod coverage;
@@ -112,6 +115,16 @@ pub use sampler::Symbolization;
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub use offline::symbolize_offset;
+
+/// Gives frames of `to` the DWARF names their twins in `from` (an earlier
+/// capture of the same stall, already symbolized) have: same build id,
+/// offset and kind of address. No debug information is read.
+pub(crate) fn carry_names(from: &[ThreadStack], to: &mut [ThreadStack]) {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    carry::carry_names(from, to);
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    let _ = (from, to);
+}
 
 /// Logs once what stall reports will be able to name for the main
 /// executable, and how to get more (reads section headers only).

@@ -4,12 +4,14 @@
 //! stripped binary carries its module's build id and its offset; with the
 //! debug file of that build (or the unstripped binary), this function turns
 //! the offset into functions, files and lines, with the same code the
-//! sampler's DWARF pass uses ([`super::dwarf::frames_at`]). It does not find
+//! sampler's DWARF pass uses ([`super::dwarf::resolve_in_file`]). It does not find
 //! the debug file (the caller knows it, or looks it up by build id).
 
 use std::path::Path;
 
-use super::dwarf::frames_at;
+use std::time::{Duration, Instant};
+
+use super::dwarf::resolve_in_file;
 use super::frame::{Frame, SymbolSource};
 use crate::error::Error;
 
@@ -46,16 +48,23 @@ pub fn symbolize_offset(
     offset: u64,
     is_return_address: bool,
 ) -> Result<Vec<Frame>, Error> {
-    let loader = addr2line::Loader::new(debug_file).map_err(|e| Error::DebugInfo {
+    let error = |reason: String| Error::DebugInfo {
         path: debug_file.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+        reason,
+    };
     let svma = if is_return_address {
         offset.wrapping_sub(1)
     } else {
         offset
     };
-    let named = frames_at(&loader, svma, None);
+    let far = Instant::now() + Duration::from_secs(3600);
+    let (mut found, _) =
+        resolve_in_file(debug_file, &[svma], far).map_err(|e| error(e.to_string()))?;
+    let mut named = found.pop().unwrap_or_default();
+    let symtab = super::symtab::names_in(debug_file, &[svma])
+        .map_err(|e| error(e.to_string()))?
+        .pop()
+        .flatten();
     let frame = |function, file, line, inlined| Frame {
         ip: offset,
         function,
@@ -67,12 +76,12 @@ pub fn symbolize_offset(
         ..Frame::default()
     };
     if named.is_empty() {
-        return Ok(loader
-            .find_symbol(svma)
-            .map(|s| frame(Some(super::names::demangle(s)), None, None, false))
+        return Ok(symtab
+            .map(|name| frame(Some(name), None, None, false))
             .into_iter()
             .collect());
     }
+    super::names::qualify_outermost(&mut named, symtab.as_deref());
     let last = named.len() - 1;
     let mut frames: Vec<Frame> = named
         .into_iter()

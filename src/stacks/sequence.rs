@@ -23,7 +23,6 @@ use framehop::FrameAddress;
 
 use super::capture::{Capture, CaptureOutcome, NotCaptured, Registers, ThreadStack, MAX_FRAMES};
 use super::config::CaptureConfig;
-use super::dwarf::DebugInfo;
 use super::frame::{Frame, SymbolSource};
 use super::maps;
 use super::modules::{Modules, Unwound};
@@ -38,14 +37,13 @@ use crate::procfs;
 const MIN_WAIT: Duration = Duration::from_micros(200);
 
 /// A sampler's private state: the stack buffer, the module list and
-/// unwinder (built at the first capture), the symbol-table names looked up
-/// so far and the DWARF of the report in progress (both dropped by
-/// [`State::release`]).
+/// unwinder (built at the first capture), and the symbol-table names looked
+/// up so far (dropped by [`State::release`]). The DWARF pass keeps nothing
+/// between calls.
 pub(super) struct State {
     arena: Option<Arena>,
     modules: Option<Modules>,
     names: SymtabNames,
-    debug: Option<DebugInfo>,
 }
 
 impl State {
@@ -56,7 +54,6 @@ impl State {
             arena: None,
             modules: None,
             names: SymtabNames::default(),
-            debug: None,
         })
     }
 
@@ -205,15 +202,12 @@ impl State {
         let Some(modules) = self.modules.as_ref() else {
             return Symbolization::default();
         };
-        self.debug
-            .get_or_insert_with(DebugInfo::default)
-            .symbolize(threads, modules, budget)
+        super::dwarf::symbolize(threads, modules, budget)
     }
 
-    /// Drops the DWARF and the symbol-table names, and gives the freed heap
-    /// back to the OS. The module list and the stack buffer stay.
+    /// Drops the symbol-table names and gives the freed heap back to the
+    /// OS. The module list and the stack buffer stay.
     pub(super) fn release(&mut self) {
-        self.debug = None;
         self.names.clear();
         sys::return_free_heap();
     }
