@@ -57,8 +57,9 @@
 //!   their unwinder;
 //! * [`elf`], [`debugfile`]: what an ELF file's headers say, and where its
 //!   separate debug file is;
-//! * [`names`], [`symtab`], [`dwarf`]: demangling and qualifying names,
-//!   the symbol-table pass and the DWARF pass;
+//! * [`names`], [`symtab`], [`dwarf`], [`dwarf_file`]: demangling and
+//!   qualifying names, the symbol-table pass, the DWARF pass and reading
+//!   one file's DWARF for it;
 //! * [`offline`]: [`symbolize_offset`], a report's offset against a debug
 //!   file, after the fact; [`carry`]: one capture's DWARF names reused for
 //!   another capture of the same stall;
@@ -67,9 +68,10 @@
 //! Inside this directory imports go one way, never in a circle: `sampler`
 //! uses `sequence`, `capture` and `config`; `sequence` uses `capture`,
 //! `config`, `dwarf`, `frame`, `maps`, `modules`, `symtab` and `sys`;
-//! `dwarf` uses `capture`, `debugfile`, `elf`, `frame`, `modules` and
-//! `names` (and the `Symbolization` type of `sampler`); `offline` uses
-//! `dwarf`, `frame` and `names`; `coverage` uses `debugfile`, `dwarf` and
+//! `dwarf` uses `capture`, `debugfile`, `dwarf_file`, `elf`, `frame`,
+//! `modules` and `names` (and the `Symbolization` type of `sampler`);
+//! `dwarf_file` uses `names` and `sys`; `offline` uses `dwarf_file`,
+//! `frame`, `names` and `symtab`; `coverage` uses `debugfile`, `dwarf` and
 //! `elf`; `symtab` uses `debugfile`, `elf`, `modules` and `names`;
 //! `modules` uses `elf`, `maps` and `sys`; `debugfile` uses `elf`;
 //! `carry` uses `capture` and `frame`; `names` and `capture` use `frame`; `frame`, `config`, `elf`, `maps`
@@ -85,6 +87,8 @@ mod coverage;
 mod debugfile;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod dwarf;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod dwarf_file;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod elf;
 mod frame;

@@ -4,14 +4,14 @@
 //! stripped binary carries its module's build id and its offset; with the
 //! debug file of that build (or the unstripped binary), this function turns
 //! the offset into functions, files and lines, with the same code the
-//! sampler's DWARF pass uses ([`super::dwarf::resolve_in_file`]). It does not find
+//! sampler's DWARF pass uses ([`super::dwarf_file::resolve_in_file`]). It does not find
 //! the debug file (the caller knows it, or looks it up by build id).
 
 use std::path::Path;
 
 use std::time::{Duration, Instant};
 
-use super::dwarf::resolve_in_file;
+use super::dwarf_file::resolve_in_file;
 use super::frame::{Frame, SymbolSource};
 use crate::error::Error;
 

@@ -23,6 +23,7 @@ use framehop::FrameAddress;
 
 use super::capture::{Capture, CaptureOutcome, NotCaptured, Registers, ThreadStack, MAX_FRAMES};
 use super::config::CaptureConfig;
+use super::dwarf::Answers;
 use super::frame::{Frame, SymbolSource};
 use super::maps;
 use super::modules::{Modules, Unwound};
@@ -37,13 +38,14 @@ use crate::procfs;
 const MIN_WAIT: Duration = Duration::from_micros(200);
 
 /// A sampler's private state: the stack buffer, the module list and
-/// unwinder (built at the first capture), and the symbol-table names looked
-/// up so far (dropped by [`State::release`]). The DWARF pass keeps nothing
-/// between calls.
+/// unwinder (built at the first capture), the symbol-table names looked up
+/// so far (dropped by [`State::release`]) and the DWARF pass's answers
+/// (bounded; no DWARF data is kept between calls).
 pub(super) struct State {
     arena: Option<Arena>,
     modules: Option<Modules>,
     names: SymtabNames,
+    answers: Answers,
 }
 
 impl State {
@@ -54,6 +56,7 @@ impl State {
             arena: None,
             modules: None,
             names: SymtabNames::default(),
+            answers: Answers::default(),
         })
     }
 
@@ -202,11 +205,12 @@ impl State {
         let Some(modules) = self.modules.as_ref() else {
             return Symbolization::default();
         };
-        super::dwarf::symbolize(threads, modules, budget)
+        super::dwarf::symbolize(threads, modules, &mut self.answers, budget)
     }
 
     /// Drops the symbol-table names and gives the freed heap back to the
-    /// OS. The module list and the stack buffer stay.
+    /// OS. The module list, the stack buffer and the DWARF answers (at most
+    /// [`MAX_ANSWER_BYTES`](super::dwarf::MAX_ANSWER_BYTES)) stay.
     pub(super) fn release(&mut self) {
         self.names.clear();
         sys::return_free_heap();
