@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::clock;
 use crate::probe::{self, ProbeReading, ProbeShared};
-use crate::stacks::{CaptureConfig, CaptureOutcome, StackSampler};
+use crate::stacks::{CaptureConfig, CaptureOutcome, NotCaptured, StackSampler};
 
 /// A probe on a runtime, driven by hand.
 pub struct ProbeBench(Arc<ProbeShared>);
@@ -65,6 +65,23 @@ pub struct CaptureTimes {
     pub symbolize: Duration,
 }
 
+/// One thread of a capture, as the budget tests and benches see it.
+#[derive(Debug, Clone)]
+pub struct ThreadOutcome {
+    /// Kernel thread id.
+    pub tid: i32,
+    /// What happened to it.
+    pub outcome: CaptureOutcome,
+    /// Why it was not captured.
+    pub not_captured: Option<NotCaptured>,
+    /// Its `/proc` state letter, when read.
+    pub state: Option<char>,
+    /// Its kernel stack, when read.
+    pub kernel_stack: Vec<String>,
+    /// Frames captured.
+    pub frames: usize,
+}
+
 /// The stack sampler, on its own.
 pub struct CaptureBench(StackSampler);
 
@@ -72,6 +89,59 @@ impl CaptureBench {
     /// A sampler with the default configuration.
     pub fn new() -> crate::Result<Self> {
         Ok(CaptureBench(StackSampler::new(CaptureConfig::default())?))
+    }
+
+    /// Captures `tids` within `budget`: the wall time it took and each
+    /// thread's outcome.
+    pub fn capture_within(&self, tids: &[i32], budget: Duration) -> (Duration, Vec<ThreadOutcome>) {
+        let started = Instant::now();
+        let c = self.0.capture_within(tids, budget);
+        let took = started.elapsed();
+        let threads = c
+            .threads
+            .into_iter()
+            .map(|t| ThreadOutcome {
+                tid: t.tid,
+                outcome: t.outcome,
+                not_captured: t.not_captured,
+                state: t.facts.as_ref().map(|f| f.state),
+                kernel_stack: t.kernel_stack,
+                frames: t.frames.len(),
+            })
+            .collect();
+        (took, threads)
+    }
+
+    /// One capture of one thread, as a stall's extra samples take it: the
+    /// wall time of the capture (signal, copy, unwind, symbol-table names).
+    pub fn capture_one(&self, tid: i32) -> (Duration, CaptureTimes) {
+        let started = Instant::now();
+        let c = self.0.capture_within(&[tid], Duration::from_millis(50));
+        let took = started.elapsed();
+        (
+            took,
+            CaptureTimes {
+                threads: c.threads.len(),
+                captured: c
+                    .threads
+                    .iter()
+                    .filter(|t| t.outcome == CaptureOutcome::Captured)
+                    .count(),
+                signal: c.signal_duration,
+                unwind: c.unwind_duration,
+                symbolize: c.symbolize_duration,
+            },
+        )
+    }
+
+    /// A whole report's symbolization, as the diagnostics run it: capture
+    /// every thread, the DWARF pass, release. Returns the DWARF pass's wall
+    /// time and whether it ran out of its budget.
+    pub fn report_cycle(&self, budget: Duration) -> (Duration, bool) {
+        let mut c = self.0.capture_all();
+        let done = self.0.symbolize(&mut c.threads, budget);
+        self.0.release();
+        (done.took, done.ran_out_of_time)
     }
 
     /// Captures every thread of the process.

@@ -193,6 +193,9 @@ impl StallReport {
                     .join(",")
             );
             let mut facts = vec![format!("capture {:?}", g.outcome).to_lowercase()];
+            if let Some(why) = g.not_captured {
+                facts.push(format!("not captured: {}", why.describe()));
+            }
             if let Some(st) = &g.state {
                 facts.push(format!("state {st}"));
             }
@@ -206,6 +209,9 @@ impl StallReport {
                 facts.push(format!("cpu {c:.3} s"));
             }
             let _ = writeln!(s, "  {}", facts.join(", "));
+            for k in g.kernel_stack.iter().take(16) {
+                let _ = writeln!(s, "    [kernel] {k}");
+            }
             write_frames(&mut s, &g.frames, 48);
         }
         if let Some(m) = &self.runtime_metrics {

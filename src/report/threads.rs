@@ -14,7 +14,7 @@ use crate::stacks::{Frame, ThreadStack};
 /// The key that makes two stacks "identical".
 fn stack_key(t: &ThreadStack) -> (String, Vec<String>) {
     (
-        format!("{:?}", t.outcome),
+        format!("{:?} {:?}", t.outcome, t.not_captured),
         t.frames
             .iter()
             .map(|f| f.function.clone().unwrap_or_else(|| format!("{:#x}", f.ip)))
@@ -72,6 +72,8 @@ pub(crate) fn group_threads(
                 names,
                 loop_thread: ts.iter().any(|t| loop_tids.contains(&t.tid)),
                 outcome: rep.outcome,
+                not_captured: rep.not_captured,
+                kernel_stack: rep.kernel_stack.clone(),
                 state: facts.map(|f| format!("{} ({})", f.state, f.state_name)),
                 syscall: facts.and_then(|f| f.syscall.as_ref()).map(|s| {
                     s.name

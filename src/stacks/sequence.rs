@@ -216,6 +216,12 @@ impl State {
         sys::return_free_heap();
     }
 
+    /// Whether the module list has been read (tests).
+    #[cfg(test)]
+    pub(super) fn loaded(&self) -> bool {
+        self.modules.is_some()
+    }
+
     /// Symbol-table answers cached (tests).
     #[cfg(test)]
     pub(super) fn cached_names(&self) -> usize {
