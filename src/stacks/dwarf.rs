@@ -37,12 +37,15 @@ use super::sampler::Symbolization;
 /// keeps; past it, it starts over.
 pub(crate) const MAX_ANSWER_BYTES: usize = 256 * 1024;
 
+/// The frames DWARF names at one address, with the build id of the module.
+type Answer = (Option<String>, Arc<[Named]>);
+
 /// DWARF answers of earlier passes: (module start, stated address) → the
 /// module's build id and the frames found there (empty: DWARF has nothing),
 /// and per module the note the report carries.
 #[derive(Default)]
 pub(crate) struct Answers {
-    frames: HashMap<(u64, u64), (Option<String>, Arc<[Named]>)>,
+    frames: HashMap<(u64, u64), Answer>,
     notes: HashMap<u64, (Option<String>, String)>,
     bytes: usize,
 }
