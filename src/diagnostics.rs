@@ -250,7 +250,12 @@ impl Diagnostics {
                 human(budget)
             ));
         }
-        stall.report.notes.extend(done.notes);
+        for note in done.notes {
+            // Both captures' passes say the same about a module.
+            if !stall.report.notes.contains(&note) {
+                stall.report.notes.push(note);
+            }
+        }
     }
 
     /// Drops the sampler's symbolization state and returns the freed heap
