@@ -134,14 +134,21 @@ impl CaptureBench {
         )
     }
 
-    /// A whole report's symbolization, as the diagnostics run it: capture
-    /// every thread, the DWARF pass, release. Returns the DWARF pass's wall
-    /// time and whether it ran out of its budget.
-    pub fn report_cycle(&self, budget: Duration) -> (Duration, bool) {
-        let mut c = self.0.capture_all();
-        let done = self.0.symbolize(&mut c.threads, budget);
-        self.0.release();
+    /// Captures every thread of the process, for a symbolization bench.
+    pub fn capture_for_symbols(&self) -> Captured {
+        Captured(self.0.capture_all())
+    }
+
+    /// The DWARF pass over `captured`, as the diagnostics run it after the
+    /// first report: its wall time and whether it ran out of `budget`.
+    pub fn symbolize(&self, captured: &mut Captured, budget: Duration) -> (Duration, bool) {
+        let done = self.0.symbolize(&mut captured.0.threads, budget);
         (done.took, done.ran_out_of_time)
+    }
+
+    /// Drops symbolization state and returns the freed heap to the OS.
+    pub fn release(&self) {
+        self.0.release();
     }
 
     /// Captures every thread of the process.
@@ -158,6 +165,37 @@ impl CaptureBench {
             unwind: c.unwind_duration,
             symbolize: c.symbolize_duration,
         }
+    }
+}
+
+/// A capture held for a symbolization bench.
+pub struct Captured(crate::stacks::Capture);
+
+impl Captured {
+    /// Every frame's address and whether it is a return address (all but
+    /// the first of each thread), for another symbolizer to resolve.
+    pub fn addresses(&self) -> Vec<(u64, bool)> {
+        self.0
+            .threads
+            .iter()
+            .flat_map(|t| {
+                t.frames
+                    .iter()
+                    .filter(|f| !f.inlined)
+                    .enumerate()
+                    .map(|(i, f)| (f.ip, i > 0))
+            })
+            .collect()
+    }
+
+    /// Frames named from DWARF (files and lines) so far.
+    pub fn frames_with_lines(&self) -> usize {
+        self.0
+            .threads
+            .iter()
+            .flat_map(|t| &t.frames)
+            .filter(|f| f.line.is_some())
+            .count()
     }
 }
 

@@ -33,6 +33,13 @@ use super::sys::{self, Arena, Sample};
 use crate::error::Error;
 use crate::procfs;
 
+/// How long `/proc/self/maps` as last read is trusted, when the handler's
+/// copies are fault-safe: a thread or library newer than that is noticed
+/// anyway (its stack pointer or an address falls outside every known
+/// range, and the maps are read again), so a stall's repeated one-thread
+/// samples need not parse the file each time.
+const MAPS_FRESH: Duration = Duration::from_secs(1);
+
 /// The least time a thread is given to answer, even when the budget has
 /// less left: below it a signal is not worth sending.
 const MIN_WAIT: Duration = Duration::from_micros(200);
@@ -44,6 +51,8 @@ const MIN_WAIT: Duration = Duration::from_micros(200);
 pub(super) struct State {
     arena: Option<Arena>,
     modules: Option<Modules>,
+    /// When `/proc/self/maps` was last read into the arena and modules.
+    maps_at: Option<Instant>,
     names: SymtabNames,
     answers: Answers,
 }
@@ -55,6 +64,7 @@ impl State {
         Ok(Self {
             arena: None,
             modules: None,
+            maps_at: None,
             names: SymtabNames::default(),
             answers: Answers::default(),
         })
@@ -103,16 +113,23 @@ impl State {
             return capture;
         }
 
-        let maps = maps::read_maps();
-        let arena = self
-            .arena
-            .get_or_insert_with(|| Arena::new(config.max_stack_bytes));
-        arena.set_ranges(maps.iter().filter(|m| m.readable).map(|m| [m.start, m.end]));
-        match &mut self.modules {
-            Some(m) => {
-                m.refresh(&maps);
+        let stale = self.maps_at.is_none_or(|at| at.elapsed() > MAPS_FRESH)
+            || !sys::copies_are_fault_safe()
+            || self.arena.is_none()
+            || self.modules.is_none();
+        if stale {
+            let maps = maps::read_maps();
+            let arena = self
+                .arena
+                .get_or_insert_with(|| Arena::new(config.max_stack_bytes));
+            arena.set_ranges(maps.iter().filter(|m| m.readable).map(|m| [m.start, m.end]));
+            match &mut self.modules {
+                Some(m) => {
+                    m.refresh(&maps);
+                }
+                None => self.modules = Some(Modules::load(&maps)),
             }
-            None => self.modules = Some(Modules::load(&maps)),
+            self.maps_at = Some(Instant::now());
         }
         let (Some(arena), Some(modules)) = (self.arena.as_mut(), self.modules.as_mut()) else {
             return capture;

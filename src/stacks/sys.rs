@@ -149,6 +149,13 @@ pub(crate) fn install_handler(signal: i32) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether the handler copies stacks with `process_vm_readv`, so that a
+/// stale readable range (a stack unmapped since `/proc/self/maps` was read)
+/// gives a short copy instead of a fault.
+pub(crate) fn copies_are_fault_safe() -> bool {
+    USE_PROCESS_VM_READV.load(Ordering::Relaxed)
+}
+
 /// `process_vm_readv` on our own pid (seccomp profiles may forbid it).
 fn process_vm_readv_works() -> bool {
     let source = [0x5au8; 64];
