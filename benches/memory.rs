@@ -75,6 +75,13 @@ fn scrape(addr: std::net::SocketAddr) -> usize {
 }
 
 fn child(mode: &str) {
+    if let Ok(filter) = std::env::var("LOOPWATCH_BENCH_TRACE") {
+        // What loopwatch logs, to stderr (e.g. LOOPWATCH_BENCH_TRACE=loopwatch=debug).
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mt = multi_thread(2);
     let ct = DrivenRuntime::current_thread("bench-ct");
     warm_runtime(mt.handle());

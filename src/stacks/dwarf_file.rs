@@ -74,7 +74,7 @@ const SECTIONS: &[gimli::SectionId] = &[
 ];
 
 /// Rounds of adding referenced units before the whole `.debug_info` is used.
-const SPARSE_ROUNDS: usize = 8;
+const SPARSE_ROUNDS: usize = 24;
 
 impl<'a> Sections<'a> {
     fn read(obj: &object::File<'a>, file: &'a std::fs::File) -> Self {
