@@ -88,7 +88,7 @@ fn child(mode: &str) {
         "loopwatch" => {
             let mut again = cb.capture_for_symbols();
             let (_took, _ran_out) = cb.symbolize(&mut again, Duration::from_secs(30));
-            (again.addresses().len(), again.frames_with_lines())
+            (again.frames_named(), again.frames_with_lines())
         }
         other => panic!("unknown symbolizer {other}"),
     };

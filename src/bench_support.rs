@@ -188,6 +188,16 @@ impl Captured {
             .collect()
     }
 
+    /// Physical frames (inlined ones not counted) with a function name.
+    pub fn frames_named(&self) -> usize {
+        self.0
+            .threads
+            .iter()
+            .flat_map(|t| &t.frames)
+            .filter(|f| !f.inlined && f.function.is_some())
+            .count()
+    }
+
     /// Frames named from DWARF (files and lines) so far.
     pub fn frames_with_lines(&self) -> usize {
         self.0

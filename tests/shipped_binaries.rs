@@ -13,7 +13,9 @@
 //!   named by `.gnu_debuglink` (`objcopy --only-keep-debug` and
 //!   `--add-gnu-debuglink`);
 //! * `build-id`: stripped, with its debug file installed as
-//!   `/usr/lib/debug/.build-id/xx/yyyy.debug` (needs root; removed after).
+//!   `/usr/lib/debug/.build-id/xx/yyyy.debug` (needs root; removed after);
+//! * `compressed`: `objcopy --compress-debug-sections=zlib`, which
+//!   loopwatch does not read (it says so; the symbol table still names).
 //!
 //! Each runs the demo's blocking-sleep stall. The verdict is right in all;
 //! the culprit is named wherever symbols allow, with file and line where
@@ -97,6 +99,7 @@ fn variant(name: &str, dir: &Path) -> (PathBuf, PathBuf) {
             run("strip", &["--strip-all", b]);
             run("objcopy", &[&format!("--add-gnu-debuglink={d}"), b]);
         }
+        "compressed" => run("objcopy", &["--compress-debug-sections=zlib", b]),
         "build-id" => {
             run("objcopy", &["--only-keep-debug", b, d]);
             run("strip", &["--strip-all", b]);
@@ -251,6 +254,23 @@ fn a_separate_debug_file_next_to_the_binary_is_found() {
     assert!(
         n.contains("separate debug file") && n.contains(debug.to_str().unwrap()),
         "{n}"
+    );
+}
+
+#[test]
+fn compressed_debug_info_is_not_read_and_the_report_says_so() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, _) = variant("compressed", dir.path());
+    let r = stall_report(&bin);
+    common_checks(&r, "compressed");
+    let (f, file) = culprit(&r);
+    assert!(f.ends_with("demo::stall_sleep"), "{}", r["culprit"]);
+    assert_eq!(file, None, "{}", r["culprit"]);
+    assert!(
+        notes(&r).contains("is compressed") && notes(&r).contains("--decompress-debug-sections"),
+        "{}",
+        notes(&r)
     );
 }
 

@@ -29,6 +29,8 @@ pub(crate) struct NameCoverage {
     pub binary_bytes: u64,
     /// Size of its DWARF sections (in the binary or the debug file).
     pub dwarf_bytes: u64,
+    /// Its DWARF is compressed (not read).
+    pub compressed: bool,
 }
 
 /// Where the build-id path of a debug file for `id` would be.
@@ -50,13 +52,17 @@ impl NameCoverage {
     pub(crate) fn of(path: &Path) -> Option<Self> {
         let elf = ElfFacts::read(path)?;
         let dwarf = DwarfSource::of(path, &elf);
-        let (symtab, dwarf_bytes) = match &dwarf {
-            DwarfSource::InModule(_) => (elf.has_symtab, elf.dwarf_bytes),
+        let (symtab, dwarf_bytes, compressed) = match &dwarf {
+            DwarfSource::InModule(_) => (elf.has_symtab, elf.dwarf_bytes, elf.dwarf_compressed),
             DwarfSource::Separate(d) => {
                 let f = ElfFacts::read(d).unwrap_or_default();
-                (elf.has_symtab || f.has_symtab, f.dwarf_bytes)
+                (
+                    elf.has_symtab || f.has_symtab,
+                    f.dwarf_bytes,
+                    f.dwarf_compressed,
+                )
             }
-            DwarfSource::Missing { symtab, .. } => (*symtab, 0),
+            DwarfSource::Missing { symtab, .. } => (*symtab, 0, false),
         };
         Some(NameCoverage {
             path: path.to_path_buf(),
@@ -65,6 +71,7 @@ impl NameCoverage {
             dwarf,
             binary_bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
             dwarf_bytes,
+            compressed,
         })
     }
 
@@ -89,6 +96,13 @@ impl NameCoverage {
         let exe = self.path.display();
         let id = self.build_id.as_deref().unwrap_or("none");
         match &self.dwarf {
+            DwarfSource::InModule(p) | DwarfSource::Separate(p) if self.compressed => format!(
+                "stall reports will name the functions of {exe} from its symbol table only: its \
+                 DWARF in {} is compressed, which loopwatch does not read (a decompressed copy \
+                 would cost its full size in memory at every report); decompress it with \
+                 `objcopy --decompress-debug-sections` for files, lines and inlined functions",
+                p.display()
+            ),
             DwarfSource::InModule(_) => format!(
                 "stall reports will name functions, files, lines and inlined functions of {exe} \
                  (DWARF in the binary: {:.1} of its {:.1} MiB; read only while a report is written)",
@@ -177,6 +191,7 @@ mod tests {
             },
             binary_bytes: 1,
             dwarf_bytes: 0,
+            compressed: false,
         };
         let m = base.message();
         assert!(

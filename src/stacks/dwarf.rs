@@ -298,6 +298,20 @@ fn resolve_module(
             return (none(), Some(missing_note(module, symtab, &searched)), true)
         }
     };
+    if ElfFacts::read(&file).is_some_and(|f| f.dwarf_compressed) {
+        return (
+            none(),
+            Some(format!(
+                "{}: its DWARF in {} is compressed, and loopwatch reads uncompressed debug info \
+                 only (a decompressed copy would cost its full size in memory at every report): \
+                 functions named from the symbol table, without file or line. Decompress it \
+                 with `objcopy --decompress-debug-sections`",
+                module.name,
+                file.display()
+            )),
+            true,
+        );
+    }
     let started = Instant::now();
     match resolve_in_file(&file, svmas, deadline) {
         Ok((named, complete)) => {

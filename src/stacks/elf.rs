@@ -39,6 +39,9 @@ pub(crate) struct ElfFacts {
     pub has_dwarf: bool,
     /// Bytes of all `.debug_*` sections (0 without DWARF).
     pub dwarf_bytes: u64,
+    /// Some DWARF section is compressed (`SHF_COMPRESSED`, or a GNU
+    /// `.zdebug_*` section), which loopwatch does not read.
+    pub dwarf_compressed: bool,
     /// `.eh_frame`, the CFI the unwinder executes.
     pub eh_frame: Option<SectionPlace>,
     /// `.eh_frame_hdr`, its binary-search table.
@@ -87,11 +90,16 @@ impl ElfFacts {
                 .map(|s| s.address()..s.address().saturating_add(s.size()))
         };
         let non_empty = |name: &str| obj.section_by_name(name).is_some_and(|s| s.size() > 0);
-        let dwarf_bytes = obj
-            .sections()
-            .filter(|s| s.name().is_ok_and(|n| n.starts_with(".debug_")))
-            .map(|s| s.size())
-            .sum();
+        let is_dwarf = |s: &object::Section<'data, '_, R>| {
+            s.name()
+                .is_ok_and(|n| n.starts_with(".debug_") || n.starts_with(".zdebug_"))
+        };
+        let dwarf_bytes = obj.sections().filter(is_dwarf).map(|s| s.size()).sum();
+        let dwarf_compressed = obj.sections().filter(is_dwarf).any(|s| {
+            s.name().is_ok_and(|n| n.starts_with(".zdebug_"))
+                || s.compressed_file_range()
+                    .is_ok_and(|c| c.format != object::CompressionFormat::None)
+        });
         Some(ElfFacts {
             build_id: obj
                 .build_id()
@@ -105,8 +113,12 @@ impl ElfFacts {
                 .flatten()
                 .map(|(name, crc)| (String::from_utf8_lossy(name).into_owned(), crc)),
             has_symtab: non_empty(".symtab"),
-            has_dwarf: non_empty(".debug_line") || non_empty(".debug_info"),
+            has_dwarf: non_empty(".debug_line")
+                || non_empty(".debug_info")
+                || non_empty(".zdebug_line")
+                || non_empty(".zdebug_info"),
             dwarf_bytes,
+            dwarf_compressed,
             eh_frame: place(".eh_frame"),
             eh_frame_hdr: place(".eh_frame_hdr"),
             debug_frame: place(".debug_frame"),
