@@ -88,7 +88,7 @@ pub enum CaptureOutcome {
     Monitor,
     /// Not asked: the capture's time budget was used up before this thread,
     /// the application replaced the capture handler, or capture is off
-    /// ([`ThreadStack::not_captured`] says which).
+    /// (the thread's `not_captured` says which).
     Skipped,
     /// Capture failed for another reason, given in the thread's `detail`.
     Failed,
