@@ -52,7 +52,8 @@
 //! * [`sequence`]: the capture sequence a sampler runs on the monitor
 //!   thread (prechecks, budget, signalling, unwinding, naming);
 //! * [`sys`]: the signal handler, its handshake with the monitor thread,
-//!   file views, and every other `unsafe` block;
+//!   and (in `sys/files.rs`) file views, `malloc_trim` and the vdso: every
+//!   `unsafe` block;
 //! * [`maps`], [`modules`]: `/proc/self/maps`, the loaded ELF modules and
 //!   their unwinder;
 //! * [`elf`], [`debugfile`]: what an ELF file's headers say, and where its
@@ -92,6 +93,8 @@ mod dwarf_file;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod elf;
 mod frame;
+#[cfg(all(test, target_os = "linux", target_arch = "x86_64"))]
+mod lifecycle_tests;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod maps;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]

@@ -13,14 +13,14 @@ use super::*;
 use crate::error::Error;
 
 /// A thread that runs `body` until told to stop, and tells its tid.
-struct TestThread {
-    tid: i32,
+pub(super) struct TestThread {
+    pub(super) tid: i32,
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl TestThread {
-    fn spawn(name: &str, body: fn(&AtomicBool)) -> Self {
+    pub(super) fn spawn(name: &str, body: fn(&AtomicBool)) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let tid = Arc::new(AtomicI32::new(0));
         let handle = {
@@ -45,7 +45,7 @@ impl TestThread {
         }
     }
 
-    fn join(mut self) {
+    pub(super) fn join(mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(h) = self.handle.take() {
             h.join().expect("test thread panicked");
@@ -72,7 +72,7 @@ fn spin_here_for_test(stop: &AtomicBool) {
 }
 
 #[inline(never)]
-fn sleep_here_for_test(stop: &AtomicBool) {
+pub(super) fn sleep_here_for_test(stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -81,7 +81,7 @@ fn sleep_here_for_test(stop: &AtomicBool) {
 /// Blocks the default capture signal, then sleeps until stopped; unblocks
 /// before returning so that a signal left pending is delivered (and ignored
 /// by the handler) while the thread still exists.
-fn blocked_here_for_test(stop: &AtomicBool) {
+pub(super) fn blocked_here_for_test(stop: &AtomicBool) {
     let signal = CaptureConfig::default().signal;
     // SAFETY: a zeroed sigset_t is valid input for sigemptyset, which
     // initialises it; pthread_sigmask changes only this thread's mask.
@@ -104,7 +104,7 @@ fn blocked_here_for_test(stop: &AtomicBool) {
 /// A sampler with the longest timeout: a loaded CI machine may leave a
 /// runnable thread off the CPU for more than the default 50 ms, and these
 /// tests are about what is captured, not about scheduling latency.
-fn sampler() -> StackSampler {
+pub(super) fn sampler() -> StackSampler {
     StackSampler::new(CaptureConfig {
         per_thread_timeout: MAX_PER_THREAD_TIMEOUT,
         ..CaptureConfig::default()
@@ -112,7 +112,7 @@ fn sampler() -> StackSampler {
     .expect("sampler")
 }
 
-fn thread(capture: &Capture, tid: i32) -> &ThreadStack {
+pub(super) fn thread(capture: &Capture, tid: i32) -> &ThreadStack {
     capture
         .threads
         .iter()
@@ -120,14 +120,14 @@ fn thread(capture: &Capture, tid: i32) -> &ThreadStack {
         .unwrap_or_else(|| panic!("tid {tid} not in capture"))
 }
 
-fn names(t: &ThreadStack) -> Vec<String> {
+pub(super) fn names(t: &ThreadStack) -> Vec<String> {
     t.frames
         .iter()
         .map(|f| f.function.clone().unwrap_or_else(|| format!("{:#x}", f.ip)))
         .collect()
 }
 
-fn position(t: &ThreadStack, needle: &str) -> Option<usize> {
+pub(super) fn position(t: &ThreadStack, needle: &str) -> Option<usize> {
     t.frames
         .iter()
         .position(|f| f.function.as_deref().is_some_and(|n| n.contains(needle)))
@@ -504,135 +504,4 @@ fn second_capture_is_served_from_the_symbol_cache() {
         thread(&second, sleeper_tid).frames,
         thread(&first, sleeper_tid).frames
     );
-}
-
-#[test]
-fn a_new_sampler_loads_nothing() {
-    let started = Instant::now();
-    let sampler = sampler();
-    let took = started.elapsed();
-    // Generous: the target (<= 5 ms for start()) is measured in
-    // benches/capture.rs; this checks that nothing is read up front.
-    assert!(took < Duration::from_secs(1), "{took:?}");
-    assert!(
-        !sampler.state.lock().loaded(),
-        "modules read before any capture"
-    );
-    let me = current_tid();
-    let _ = sampler.capture(&[me]);
-    assert!(
-        sampler.state.lock().loaded(),
-        "the first capture reads them"
-    );
-}
-
-#[test]
-fn a_capture_stops_signalling_when_its_budget_is_used_up() {
-    // Threads that block the signal, with the /proc precheck off: each one
-    // would keep a capture waiting for the whole per-thread timeout (1 s).
-    let blocked: Vec<TestThread> = (0..5)
-        .map(|_| TestThread::spawn("lw-budget", blocked_here_for_test))
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    for t in &blocked {
-        loop {
-            let status =
-                std::fs::read_to_string(format!("/proc/self/task/{}/status", t.tid)).unwrap();
-            if sequence::signal_masks(&status, CaptureConfig::default().signal).0 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "signal never blocked");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-    let sampler = sampler();
-    let tids: Vec<i32> = blocked.iter().map(|t| t.tid).collect();
-    let budget = Duration::from_millis(300);
-    let started = Instant::now();
-    let capture = sampler
-        .state
-        .lock()
-        .capture(&sampler.config, &tids, budget, false);
-    let took = started.elapsed();
-    assert!(
-        took < Duration::from_millis(900),
-        "a 300 ms budget took {took:?} (one thread alone would take 1 s)"
-    );
-    let first = thread(&capture, tids[0]);
-    assert_eq!(first.not_captured, Some(NotCaptured::NoAnswer), "{first:?}");
-    assert_eq!(first.outcome, CaptureOutcome::Unresponsive);
-    for tid in &tids[1..] {
-        let t = thread(&capture, *tid);
-        assert_eq!(t.not_captured, Some(NotCaptured::BudgetUsedUp), "{t:?}");
-        assert_eq!(t.outcome, CaptureOutcome::Skipped);
-        assert!(t.facts.is_some(), "its /proc facts are still read: {t:?}");
-    }
-    // With the precheck, none is signalled and the reason says why.
-    let capture = sampler.capture_within(&tids, budget);
-    for tid in &tids {
-        let t = thread(&capture, *tid);
-        assert!(
-            matches!(
-                t.not_captured,
-                Some(NotCaptured::SignalBlocked | NotCaptured::SignalPending)
-            ),
-            "{t:?}"
-        );
-    }
-    let json = serde_json::to_string(&capture).unwrap();
-    assert!(
-        json.contains("\"not_captured\":\"signal-pending\"")
-            || json.contains("\"not_captured\":\"signal-blocked\""),
-        "{json}"
-    );
-    drop(blocked);
-}
-
-#[test]
-fn symbolize_adds_files_and_lines_and_release_forgets_names() {
-    let sampler = sampler();
-    let sleeper = TestThread::spawn("lw-symbolize", sleep_here_for_test);
-    let mut capture = sampler.capture(&[sleeper.tid]);
-    let sleeper_tid = sleeper.tid;
-    sleeper.join();
-    let t = thread(&capture, sleeper_tid).clone();
-    assert_eq!(t.outcome, CaptureOutcome::Captured, "{t:?}");
-    // The capture names frames from symbol tables only, and every frame of
-    // a known module carries its build id and offset.
-    let own = position(&t, "sleep_here_for_test").unwrap_or_else(|| panic!("{:#?}", names(&t)));
-    assert_eq!(t.frames[own].symbols, SymbolSource::SymbolTable);
-    assert!(t.frames.iter().all(|f| f.file.is_none()), "{:#?}", t.frames);
-    for f in t.frames.iter().filter(|f| f.module.is_some()) {
-        assert!(f.offset.is_some(), "{f:?}");
-        assert!(f.build_id.is_some(), "{f:?}");
-    }
-    assert!(sampler.state.lock().cached_names() > 0);
-
-    let done = sampler.symbolize(&mut capture.threads, Duration::from_secs(10));
-    assert!(!done.ran_out_of_time, "{done:?}");
-    assert!(
-        done.notes.iter().any(|n| n.contains("DWARF debug info")),
-        "{done:?}"
-    );
-    let t = thread(&capture, sleeper_tid);
-    let own = position(t, "sleep_here_for_test").unwrap();
-    assert_eq!(t.frames[own].symbols, SymbolSource::DebugInfo);
-    assert!(t.frames[own]
-        .file
-        .as_deref()
-        .is_some_and(|f| f.ends_with("stacks/tests.rs")));
-    // libc keeps its symbol-table names: its DWARF is never read.
-    let libc_frame = t
-        .frames
-        .iter()
-        .find(|f| f.module.as_deref().is_some_and(|m| m.starts_with("libc")))
-        .expect("a libc frame");
-    assert_eq!(
-        libc_frame.symbols,
-        SymbolSource::SymbolTable,
-        "{libc_frame:?}"
-    );
-
-    sampler.release();
-    assert_eq!(sampler.state.lock().cached_names(), 0);
 }
