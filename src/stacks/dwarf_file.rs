@@ -282,6 +282,8 @@ fn frames_in(ctx: &addr2line::Context<Reader<'_>>, svma: u64) -> Result<Vec<Name
 /// valid.
 struct SparseUnits {
     map: memmap2::MmapMut,
+    /// The real section's length (the mapping is at least one byte).
+    len: usize,
 }
 
 /// Size of the header of a DWARF 5 type unit in 32-bit DWARF.
@@ -308,7 +310,10 @@ impl SparseUnits {
             pos = end;
         }
         Self::filler(&mut map, pos, info.len())?;
-        Some(SparseUnits { map })
+        Some(SparseUnits {
+            map,
+            len: info.len(),
+        })
     }
 
     /// An empty type unit over `[start, end)`; nothing for an empty gap.
@@ -333,7 +338,7 @@ impl SparseUnits {
     }
 
     fn bytes(&self) -> &[u8] {
-        &self.map
+        &self.map[..self.len]
     }
 }
 
@@ -396,6 +401,11 @@ mod tests {
         assert_eq!(&b[0..4], &28u32.to_le_bytes());
         assert_eq!((b[4], b[6]), (5, 0x02));
         assert_eq!(&b[64..68], &28u32.to_le_bytes());
+        // An empty section stays empty.
+        assert!(SparseUnits::build(&[], &BTreeSet::new())
+            .unwrap()
+            .bytes()
+            .is_empty());
         // A unit whose length runs past the end is refused.
         let mut bad = info.clone();
         bad[32..36].copy_from_slice(&1000u32.to_le_bytes());
