@@ -139,3 +139,34 @@ fn symbolize_adds_files_and_lines_and_release_forgets_names() {
     sampler.release();
     assert_eq!(sampler.state.lock().cached_names(), 0);
 }
+
+#[test]
+fn threads_are_not_signalled_once_the_application_replaced_the_handler() {
+    extern "C" fn app_handler(_: libc::c_int) {}
+    // A signal no other test uses: its handler stays replaced afterwards.
+    let signal = libc::SIGRTMIN() + 9;
+    let sampler = StackSampler::new(CaptureConfig {
+        signal,
+        ..CaptureConfig::default()
+    })
+    .expect("sampler");
+    let sleeper = TestThread::spawn("lw-replaced", sleep_here_for_test);
+    // SAFETY: installs a trivial, async-signal-safe handler for a signal
+    // only this test uses; nothing sends it (loopwatch must not, now).
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = app_handler as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        assert_eq!(libc::sigaction(signal, &action, std::ptr::null_mut()), 0);
+    }
+    let capture = sampler.capture(&[sleeper.tid, current_tid()]);
+    let t = thread(&capture, sleeper.tid);
+    assert_eq!(t.not_captured, Some(NotCaptured::HandlerReplaced), "{t:?}");
+    assert_eq!(t.outcome, CaptureOutcome::Skipped);
+    assert!(t.facts.is_some(), "{t:?}");
+    assert_eq!(
+        thread(&capture, current_tid()).outcome,
+        CaptureOutcome::Monitor
+    );
+    sleeper.join();
+}
