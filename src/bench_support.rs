@@ -86,6 +86,8 @@ pub struct ThreadOutcome {
     pub kernel_stack: Vec<String>,
     /// Frames captured.
     pub frames: usize,
+    /// Read asleep in a system call, without a signal.
+    pub read_asleep: bool,
 }
 
 /// The stack sampler, on its own.
@@ -112,6 +114,7 @@ impl CaptureBench {
                 not_captured: t.not_captured,
                 state: t.facts.as_ref().map(|f| f.state),
                 kernel_stack: t.kernel_stack,
+                read_asleep: t.read_asleep,
                 frames: t.frames.len(),
             })
             .collect();

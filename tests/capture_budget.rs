@@ -2,9 +2,10 @@
 //!
 //! 100 threads wait in the kernel (state `D`) for a `vfork`-style child
 //! each (see `support/dstate.rs`). A signal could not reach them until the
-//! kernel lets them go, so a capture must not signal them at all: it
-//! reports them from `/proc` with their reason and stays within its budget,
-//! and `Watchdog::shutdown()` is not held up by them. (The landed code took
+//! kernel lets them go, so a capture must not signal them at all: it reads
+//! them from `/proc` — state, kernel stack, and the user stack where the
+//! thread made its system call — and stays within its budget, and
+//! `Watchdog::shutdown()` is not held up by them. (The landed code took
 //! 5.0 s for one such capture, 50 ms per thread, and `shutdown()` waited
 //! 3.6 s.) Timing targets are in `benches/capture.rs`; the bounds here are
 //! generous.
@@ -60,12 +61,12 @@ fn a_capture_of_100_threads_in_uninterruptible_sleep_stays_within_its_budget() {
     );
     for tid in &held.tids {
         let t = threads.iter().find(|t| t.tid == *tid).expect("in capture");
-        assert_eq!(
-            t.not_captured,
-            Some(NotCaptured::UninterruptibleSleep),
-            "{t:?}"
-        );
-        assert_eq!(t.outcome, CaptureOutcome::Unresponsive, "{t:?}");
+        // Not signalled: its user stack read where it sleeps in clone(),
+        // or, when that cannot be read, reported from /proc alone.
+        let read_asleep = t.read_asleep && t.outcome == CaptureOutcome::Captured && t.frames > 0;
+        let unsignalled = t.not_captured == Some(NotCaptured::UninterruptibleSleep)
+            && t.outcome == CaptureOutcome::Unresponsive;
+        assert!(read_asleep || unsignalled, "{t:?}");
         assert_eq!(t.state, Some('D'), "{t:?}");
         if is_root() {
             // /proc/TID/stack needs CAP_SYS_ADMIN; as root it names the wait.
@@ -132,24 +133,22 @@ fn a_report_among_100_threads_in_d_state_is_prompt_and_so_is_shutdown() {
         r["captures"]
     );
     let groups = r["threads"].as_array().unwrap();
+    // Every thread in D state is in the report, unsignalled: read asleep
+    // in its system call, or from /proc alone.
+    let in_d = |g: &&serde_json::Value| g["state"].as_str().is_some_and(|s| s.starts_with('D'));
+    let unsignalled = |g: &&serde_json::Value| {
+        g["read_asleep"] == true || g["not_captured"] == "uninterruptible-sleep"
+    };
     let held_in_report: usize = groups
         .iter()
-        .filter(|g| g["not_captured"] == "uninterruptible-sleep")
+        .filter(in_d)
+        .filter(unsignalled)
         .map(|g| g["count"].as_u64().unwrap() as usize)
         .sum();
     assert!(
         held_in_report >= D_THREADS,
         "{held_in_report} threads reported in uninterruptible sleep, {D_THREADS} expected: {}",
         serde_json::to_string_pretty(&r["threads"]).unwrap()
-    );
-    let g = groups
-        .iter()
-        .find(|g| g["not_captured"] == "uninterruptible-sleep")
-        .unwrap();
-    assert_eq!(g["outcome"], "unresponsive", "{g}");
-    assert!(
-        g["state"].as_str().is_some_and(|s| s.starts_with('D')),
-        "{g}"
     );
     let text = std::fs::read_to_string(
         std::fs::read_dir(dir.path())
@@ -160,7 +159,8 @@ fn a_report_among_100_threads_in_d_state_is_prompt_and_so_is_shutdown() {
     )
     .unwrap();
     assert!(
-        text.contains("not captured: in uninterruptible sleep (D)"),
+        text.contains("read asleep in its system call (not signalled)")
+            || text.contains("not captured: in uninterruptible sleep (D)"),
         "{text}"
     );
     drop(held);

@@ -175,6 +175,8 @@ pub(crate) struct Diagnostics {
     presamples: Vec<Option<Presample>>,
     /// What is known of the application's own code; learned from captures.
     own: OwnCode,
+    /// Time spent waiting for report writes (the disk), so far.
+    pub(crate) io_wait: Duration,
     seq: u64,
     /// loopwatch's metrics: report and capture counters, and the text
     /// snapshot in each report.
@@ -212,6 +214,7 @@ impl Diagnostics {
             storms: (0..runtimes).map(|_| Storm::default()).collect(),
             presamples: (0..runtimes).map(|_| None).collect(),
             own: OwnCode::for_process(&config.own_crates),
+            io_wait: Duration::ZERO,
             seq: 0,
             metrics: None,
             registry: None,

@@ -17,9 +17,13 @@ impl Diagnostics {
         if let Some(r) = &self.registry {
             report.metrics = Metrics::encode(r);
         }
+        let started = std::time::Instant::now();
         let saved = self
             .store
             .save(report, if pin { Pin::Yes } else { Pin::No });
+        // Time the monitor waited for the disk (fsync), not for the CPU:
+        // it must not look like the monitor being paused.
+        self.io_wait += started.elapsed();
         if let Some(m) = &self.metrics {
             match saved {
                 Saved::Written(_) => m.report("written"),

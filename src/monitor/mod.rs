@@ -44,6 +44,7 @@ use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
@@ -247,7 +248,10 @@ impl Monitor {
         let mut panics: VecDeque<u64> = VecDeque::with_capacity(MAX_PANICS);
         while !self.shared.stop.load(Ordering::Acquire) {
             let now = clock::now_us();
-            if let Err(message) = self.guarded(|m| m.step(planned, now)) {
+            let (cpu, io) = (crate::stacks::thread_cpu_time(), self.diag.io_wait);
+            let stepped = self.guarded(|m| m.step(planned, now));
+            self.note_busy_gap(now, cpu, io);
+            if let Err(message) = stepped {
                 while panics
                     .front()
                     .is_some_and(|t| now.saturating_sub(*t) > PANIC_WINDOW)
@@ -327,6 +331,33 @@ impl Monitor {
         st.internal_errors = self.internal_errors;
         st.monitor_failure = Some(reason);
         st.updated_at = std::time::Instant::now();
+    }
+
+    /// A step that took much longer than the monitor spent on CPU or
+    /// waiting for the disk: the monitor was stopped while it worked (a
+    /// `SIGSTOP` landing mid-step, a frozen VM). Remembered like a late
+    /// wake-up, so that a stall seen right after is not blamed on the
+    /// application.
+    fn note_busy_gap(&mut self, started: u64, cpu_before: Duration, io_before: Duration) {
+        let now = clock::now_us();
+        let cpu = micros(crate::stacks::thread_cpu_time().saturating_sub(cpu_before));
+        let io = micros(self.diag.io_wait.saturating_sub(io_before));
+        let unaccounted = now.saturating_sub(started).saturating_sub(cpu + io);
+        if unaccounted <= self.threshold {
+            return;
+        }
+        if self.gaps.len() == GAPS_KEPT {
+            self.gaps.pop_front();
+        }
+        self.gaps.push_back(MonitorGap {
+            from: started,
+            to: now,
+        });
+        tracing::warn!(
+            unaccounted = %human(us(unaccounted)),
+            "loopwatch monitor thread was held up while it worked (process stopped, VM paused or \
+             CPU starved?)"
+        );
     }
 
     /// Remembers a wake-up much later than planned: the monitor itself was

@@ -258,6 +258,7 @@ fn the_main_crate_and_workspace_are_learned_from_stacks() {
         ],
         not_captured: None,
         kernel_stack: Vec::new(),
+        read_asleep: false,
     };
     let worker = ThreadStack {
         tid: 2,

@@ -90,6 +90,11 @@ pub struct SyscallInfo {
     /// Its name, for the calls a stuck thread is commonly found in
     /// (`futex`, `epoll_wait`, `clock_nanosleep`, `read`, ...).
     pub name: Option<Cow<'static, str>>,
+    /// The user-space stack pointer and instruction pointer at the system
+    /// call (the last two fields of `/proc/.../syscall`): where the
+    /// thread's user stack can be read without interrupting it.
+    #[serde(default, skip)]
+    pub user_regs: Option<(u64, u64)>,
 }
 
 /// Reads the facts of thread `tid` of this process.
@@ -273,9 +278,16 @@ fn parse_syscall(s: &str) -> Option<SyscallInfo> {
     if number < 0 {
         return None;
     }
+    let fields: Vec<&str> = s.split_ascii_whitespace().collect();
+    let hex = |v: &str| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok();
+    let user_regs = match fields.as_slice() {
+        [_, _, _, _, _, _, _, sp, pc] => hex(sp).zip(hex(pc)),
+        _ => None,
+    };
     Some(SyscallInfo {
         number,
         name: syscall_name(number).map(Cow::Borrowed),
+        user_regs,
     })
 }
 

@@ -218,6 +218,10 @@ pub struct ThreadGroup {
     /// kernel or is stopped (innermost first), where readable.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kernel_stack: Vec<String>,
+    /// The stack was read where the thread sleeps in a system call,
+    /// without a signal (so the call was not cut short).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_asleep: bool,
     /// Kernel state letter and name, e.g. `S (sleeping)`.
     pub state: Option<String>,
     /// Current system call, if any.

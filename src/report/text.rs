@@ -364,6 +364,9 @@ impl StallReport {
             if let Some(why) = g.not_captured {
                 facts.push(format!("not captured: {}", why.describe()));
             }
+            if g.read_asleep {
+                facts.push("read asleep in its system call (not signalled)".into());
+            }
             if let Some(st) = &g.state {
                 facts.push(format!("state {st}"));
             }

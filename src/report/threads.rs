@@ -21,7 +21,7 @@ const FRAME_LIMIT: usize = 256;
 /// The key that makes two stacks "identical".
 fn stack_key(t: &ThreadStack) -> (String, Vec<String>) {
     (
-        format!("{:?} {:?}", t.outcome, t.not_captured),
+        format!("{:?} {:?} {}", t.outcome, t.not_captured, t.read_asleep),
         t.frames
             .iter()
             .map(|f| f.function.clone().unwrap_or_else(|| format!("{:#x}", f.ip)))
@@ -116,6 +116,7 @@ pub(crate) fn group_threads(
                 outcome: rep.outcome,
                 not_captured: rep.not_captured,
                 kernel_stack: rep.kernel_stack.clone(),
+                read_asleep: rep.read_asleep,
                 state: facts.map(|f| format!("{} ({})", f.state, f.state_name)),
                 syscall: facts.and_then(|f| f.syscall.as_ref()).map(|s| {
                     s.name
@@ -200,6 +201,7 @@ mod tests {
             frames: vec![Frame::default(); frames],
             not_captured: None,
             kernel_stack: Vec::new(),
+            read_asleep: false,
         };
         assert_eq!(
             cut_reason(&t(128 * 1024, 40), Some(128 * 1024)).as_deref(),

@@ -62,6 +62,11 @@ pub struct ThreadStack {
     /// (the file needs `CAP_SYS_ADMIN`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kernel_stack: Vec<String>,
+    /// The thread was asleep in a system call, and its stack was read
+    /// where it made the call (`/proc/.../syscall`) without a signal, so
+    /// the call was not cut short.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_asleep: bool,
     /// Registers of the interrupted code, when captured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub registers: Option<Registers>,
@@ -172,6 +177,7 @@ impl ThreadStack {
             not_captured: Some(reason),
             detail: None,
             kernel_stack: Vec::new(),
+            read_asleep: false,
             registers: None,
             stack_bytes: 0,
             frames: Vec::new(),

@@ -140,6 +140,18 @@ pub(crate) fn log_executable_coverage() {
     coverage::log_executable_coverage();
 }
 
+/// CPU time the calling thread has used (zero where unsupported).
+pub(crate) fn thread_cpu_time() -> std::time::Duration {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    {
+        sys::thread_cpu_time()
+    }
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    {
+        std::time::Duration::ZERO
+    }
+}
+
 /// Kernel thread id of the calling thread (0 where unsupported).
 pub(crate) fn current_tid() -> i32 {
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]

@@ -255,6 +255,7 @@ fn monitor(tid: i32, facts: Option<procfs::ThreadFacts>) -> ThreadStack {
         not_captured: None,
         detail: None,
         kernel_stack: Vec::new(),
+        read_asleep: false,
         registers: None,
         stack_bytes: 0,
         frames: Vec::new(),
@@ -300,6 +301,79 @@ struct Attempt<'a> {
 }
 
 impl Attempt<'_> {
+    /// A thread asleep in a system call, read without a signal: its stack
+    /// copied from the stack pointer `/proc` gives, then unwound from the
+    /// instruction after the call. `None` when the copy cannot be made, the
+    /// thread moved meanwhile, or the unwind did not reach the thread's
+    /// root (the caller then signals it, or reports it from `/proc`
+    /// alone).
+    fn asleep(
+        &mut self,
+        tid: i32,
+        facts: Option<procfs::ThreadFacts>,
+        state: char,
+        (sp, pc): (u64, u64),
+    ) -> Option<(ThreadStack, Option<Unwound>)> {
+        let started = Instant::now();
+        let len = sys::copy_blocked_stack(sp, self.arena);
+        self.capture.signal_duration += started.elapsed();
+        if len == 0 {
+            return None;
+        }
+        // Still asleep in the same call at the same place: the copy is
+        // whole.
+        let again = procfs::read_thread(tid)?;
+        if again.syscall.as_ref().and_then(|s| s.user_regs) != Some((sp, pc)) {
+            return None;
+        }
+        let started = Instant::now();
+        let regs = sys::Regs { ip: pc, sp, bp: 0 };
+        let mut result = self.modules.unwind(regs, self.arena.stack(len), MAX_FRAMES);
+        if result
+            .frames
+            .iter()
+            .any(|f| self.modules.find(f.address_for_lookup()).is_none())
+            && self.modules.refresh(&maps::read_maps()) > 0
+        {
+            result = self.modules.unwind(regs, self.arena.stack(len), MAX_FRAMES);
+        }
+        self.capture.unwind_duration += started.elapsed();
+        // Only the stack and instruction pointers are known: a frame whose
+        // caller is found through the frame pointer (code built with frame
+        // pointers, debug builds) cannot be passed. Keep the stack only if
+        // the unwind reached the thread's root; else the signal is the
+        // better way in.
+        if !self.reaches_root(&result) {
+            return None;
+        }
+        let mut t = ThreadStack::not_captured(tid, facts, NotCaptured::Failed);
+        t.outcome = CaptureOutcome::Captured;
+        t.not_captured = None;
+        t.registers = Some(Registers { ip: pc, sp, bp: 0 });
+        t.stack_bytes = len;
+        t.read_asleep = true;
+        if state == 'D' {
+            t.kernel_stack = procfs::kernel_stack(tid);
+        }
+        Some((t, Some(result)))
+    }
+
+    /// Whether an unwind got to the thread's root: it stopped without an
+    /// error, has a few frames, and one of its last two is in the C library
+    /// (`start_thread`/`clone3` for a spawned thread, `__libc_start_main`
+    /// under `_start` for the main one). A stack cut short by an unknown
+    /// frame pointer ends in the application instead.
+    fn reaches_root(&self, result: &Unwound) -> bool {
+        if result.stopped.is_some() || result.frames.len() < 4 {
+            return false;
+        }
+        result.frames.iter().rev().take(2).any(|f| {
+            self.modules
+                .find(f.address_for_lookup())
+                .is_some_and(|m| m.name.starts_with("libc.so") || m.name.starts_with("libc-"))
+        })
+    }
+
     /// One thread: prechecks, signal, unwind.
     fn thread(
         &mut self,
@@ -315,6 +389,18 @@ impl Attempt<'_> {
                 None,
             );
         };
+        // Asleep in a system call: its user registers at the call are in
+        // /proc, and its user stack does not move while it sleeps. Read
+        // them instead of signalling: a signal would cut short a call that
+        // cannot be restarted (a read with a timeout, poll, epoll_wait)
+        // with EINTR, which some application code does not expect.
+        if matches!(state, 'S' | 'D') {
+            if let Some(regs) = facts.as_ref().and_then(|f| f.syscall.as_ref()?.user_regs) {
+                if let Some(done) = self.asleep(tid, facts.clone(), state, regs) {
+                    return done;
+                }
+            }
+        }
         match state {
             // Asleep in the kernel: the handler could only run once the
             // kernel lets the thread go, which may be never.

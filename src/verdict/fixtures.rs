@@ -87,6 +87,7 @@ pub(crate) fn facts(tid: i32, state: char, syscall: Option<&str>, cpu: Duration)
         }),
         wchan: None,
         syscall: syscall.map(|s| SyscallInfo {
+            user_regs: None,
             number: match s {
                 "futex" => 202,
                 "epoll_wait" => 232,
@@ -110,6 +111,7 @@ pub(crate) fn thread(tid: i32, facts: ThreadFacts, frames: Vec<Frame>) -> Thread
         frames,
         not_captured: None,
         kernel_stack: Vec::new(),
+        read_asleep: false,
     }
 }
 

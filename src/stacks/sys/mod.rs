@@ -55,6 +55,24 @@ pub(crate) fn current_tid() -> i32 {
     raw_gettid()
 }
 
+/// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`).
+pub(crate) fn thread_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec we own; the clock id
+    // is a constant every Linux kernel supports.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}
+
 fn raw_gettid() -> i32 {
     // SAFETY: gettid takes no arguments, cannot fail and is async-signal-safe.
     unsafe { libc::syscall(libc::SYS_gettid) as i32 }
@@ -402,6 +420,32 @@ impl Arena {
     fn capacity(&self) -> usize {
         self.buf.len()
     }
+}
+
+/// Copies the user stack of a thread that is asleep in a system call,
+/// from `sp` up to the end of its readable mapping (at most the arena's
+/// size), into `arena`, without signalling the thread. Returns the bytes
+/// copied; 0 when `process_vm_readv` is unavailable (a copy with `memcpy`
+/// could fault if the thread's stack went away meanwhile) or `sp` lies in
+/// no known mapping.
+pub(crate) fn copy_blocked_stack(sp: u64, arena: &mut Arena) -> usize {
+    if !copies_are_fault_safe() {
+        return 0;
+    }
+    let Some(end) = arena
+        .ranges
+        .iter()
+        .find(|[start, end]| *start <= sp && sp < *end)
+        .map(|[_, end]| *end)
+    else {
+        return 0;
+    };
+    let len = usize::try_from(end - sp)
+        .unwrap_or(usize::MAX)
+        .min(arena.capacity());
+    // The copy goes through process_vm_readv, which reports an unmapped
+    // range as a short count instead of faulting.
+    copy_with_process_vm_readv(sp, arena.buf.as_mut_ptr(), len).unwrap_or(0)
 }
 
 /// Registers of the interrupted code.
