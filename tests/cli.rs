@@ -2,10 +2,15 @@
 //! real stalls of the demo (sleep, spin and mutex), and on every kind of
 //! bad input: a truncated file, malformed JSON, JSON that is no report, a
 //! report of a future format version, an unreadable file and a stranger in
-//! the directory. Needs the `cli` feature (`cargo test --all-features`).
+//! the directory; and on the report of a stall that systemd's watchdog
+//! ended, found through the journal entry that names it (a real systemd
+//! user manager and journald, as in `tests/systemd.rs`: needs root and
+//! util-linux). Needs the `cli` feature (`cargo test --all-features`).
 #![cfg(feature = "cli")]
 
 mod common;
+#[path = "support/systemd.rs"]
+mod harness;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -503,5 +508,63 @@ fn nothing_processed_or_a_usage_error_exits_2() {
     assert!(
         help.contains("Exit codes:") && help.contains("2  usage error"),
         "{help}"
+    );
+}
+
+#[test]
+fn a_stall_ended_by_systemds_watchdog_is_found_through_the_journal_and_listed_as_killed() {
+    const MESSAGE_ID_STALL_DETECTED: &str = "c982a5b17e814d0aa9c31fe32560ac36";
+    let m = harness::Manager::start_with_journald("cli-killed");
+    let reports = m.dir().join("reports");
+    fs::create_dir_all(&reports).expect("report directory");
+    let unit = "lw-cli-killed.service";
+    let out = m.dir().join("demo.out");
+    m.write_unit(
+        unit,
+        &format!(
+            "[Unit]\nDescription=loopwatch cli test: a deadlock ended by the watchdog\n\n\
+             [Service]\nType=notify\nNotifyAccess=main\nWatchdogSec=2\nRestart=no\n\
+             ExecStart=\"{}\" \"--report-dir\" \"{}\" \"--stall-after\" \"1\" \"--stall-kind\" \"deadlock\"\n\
+             StandardOutput=append:{out}\nStandardError=append:{out}\nLimitCORE=0\n",
+            demo_bin().display(),
+            reports.display(),
+            out = out.display()
+        ),
+    );
+    m.systemctl_ok(&["start", "--no-block", unit]);
+    let end = m.wait_for(
+        unit,
+        Duration::from_secs(30),
+        "the watchdog to end the demo",
+        |s| matches!(s.get("ActiveState"), "failed" | "inactive"),
+    );
+    assert_eq!(end.get("Result"), "watchdog", "{}", end.summary());
+
+    // The journal entry of the stall names the text report; the JSON is
+    // beside it (the README's recipe).
+    let entries = m.journal_entries(&[&format!("MESSAGE_ID={MESSAGE_ID_STALL_DETECTED}")]);
+    let text = entries
+        .iter()
+        .find_map(|e| e.get("LOOPWATCH_REPORT"))
+        .unwrap_or_else(|| panic!("no stall entry names a report: {entries:#?}"));
+    let json = PathBuf::from(text.strip_suffix(".txt").expect("a .txt path").to_string() + ".json");
+    assert!(json.starts_with(&reports) && json.is_file(), "{json:?}");
+
+    let (stdout, stderr) = expect(loopwatch().arg("list").arg(&json), 0);
+    assert!(stderr.is_empty(), "{stderr}");
+    let line = stdout
+        .lines()
+        .nth(1)
+        .unwrap_or_else(|| panic!("one report:\n{stdout}"));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        (cols[3], cols[4], cols[6]),
+        ("lock-wait", "demo::stall_deadlock", "killed"),
+        "{stdout}"
+    );
+    let (summary, _) = expect(loopwatch().arg("summary").arg(&reports), 0);
+    assert!(
+        summary.starts_with("1 stall in 1 report from 1 host"),
+        "{summary}"
     );
 }
