@@ -382,6 +382,9 @@ fn bad_inputs() -> (tempfile::TempDir, Vec<(PathBuf, &'static str)>) {
         stranger,
         "not a stall report (reports are named stall-<id>.json)",
     ));
+    let orphan = dir.path().join("stall-20261201T000000Z-main-7-0001.txt");
+    fs::write(&orphan, "text without JSON").unwrap();
+    bad.push((orphan, "a text report without its stall-<id>.json twin"));
     // Hidden files (a writer's temporary file) are passed over silently.
     fs::write(
         dir.path()
@@ -466,7 +469,7 @@ fn nothing_processed_or_a_usage_error_exits_2() {
     // Each bad file alone: one message naming it, exit 2.
     for (path, reason) in &bad {
         // A file named on the command line is read whatever its name.
-        let reason = if path.ends_with("notes.md") {
+        let reason = if path.ends_with("notes.md") || path.extension().is_some_and(|e| e == "txt") {
             "malformed JSON at line 1"
         } else {
             reason

@@ -114,6 +114,8 @@ enum Entry {
     /// The text twin of a report, or a hidden file (the report store's
     /// temporary files, rsync's partial files): passed over silently.
     Ignored,
+    /// `stall-<id>.txt` without its JSON twin.
+    TextOnly,
     /// Anything else.
     Stranger,
 }
@@ -130,7 +132,8 @@ fn classify(dir: &Path, name: &str) -> Entry {
     }
     match stem.strip_suffix(".txt") {
         Some(id) if dir.join(format!("stall-{id}.json")).exists() => Entry::Ignored,
-        _ => Entry::Stranger,
+        Some(_) => Entry::TextOnly,
+        None => Entry::Stranger,
     }
 }
 
@@ -178,6 +181,10 @@ fn collect(path: &Path, depth: usize, given: bool, out: &mut Vec<PathBuf>, p: &m
         match classify(path, name) {
             Entry::Report => out.push(child),
             Entry::Ignored => {}
+            Entry::TextOnly => p.bad(
+                &child,
+                "a text report without its stall-<id>.json twin (only JSON is read); skipped",
+            ),
             Entry::Stranger => p.bad(
                 &child,
                 "not a stall report (reports are named stall-<id>.json); skipped",
