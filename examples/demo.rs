@@ -16,7 +16,13 @@
 //! std::sync::Mutex another thread holds), `deadlock` (`stall_deadlock`: a
 //! real lock-order deadlock between the loop and a worker thread; lasts
 //! forever), `parking-lot-deadlock` (`stall_parking_lot_deadlock`: the same
-//! with parking_lot mutexes).
+//! with parking_lot mutexes), `dependency-cpu` (`stall_import_catalog`:
+//! serde_json parsing a large document over and over, so the CPU is spent
+//! inside a dependency called from the demo), `async-blocking`
+//! (`fetch_prices`: a blocking read inside an `async fn` awaited from a
+//! spawned task) and `saturated` (`saturate`: 40 tasks whose every poll
+//! spins ~20 ms in one of three handlers, so the loop is busy with many
+//! short polls and never stuck in one).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -42,6 +48,12 @@ enum StallKind {
     Deadlock,
     /// The same deadlock with parking_lot mutexes (forever).
     ParkingLotDeadlock,
+    /// CPU spent inside a dependency (serde_json) called from the demo.
+    DependencyCpu,
+    /// A blocking read inside an async fn awaited from a spawned task.
+    AsyncBlocking,
+    /// Many tasks whose every poll takes ~20 ms: no single stuck poll.
+    Saturated,
 }
 
 /// How long a stall lasts.
@@ -214,7 +226,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let (kind, dur) = (args.stall_kind, args.stall_for);
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs_f64(after)).await;
-            handle_request_with_bug(kind, dur);
+            match kind {
+                StallKind::AsyncBlocking => serve_prices(dur).await,
+                StallKind::Saturated => saturate(dur),
+                _ => handle_request_with_bug(kind, dur),
+            }
         });
     }
 
@@ -409,6 +425,9 @@ fn handle_request_with_bug(kind: StallKind, dur: StallFor) {
         StallKind::Mutex => stall_mutex(d),
         StallKind::Deadlock => stall_deadlock(),
         StallKind::ParkingLotDeadlock => stall_parking_lot_deadlock(),
+        StallKind::DependencyCpu => stall_import_catalog(d),
+        // Run from the task itself (they need the runtime).
+        StallKind::AsyncBlocking | StallKind::Saturated => {}
     }
     say("stall over: the event loop runs again");
 }
@@ -499,4 +518,106 @@ fn stall_parking_lot_deadlock() {
     let _a = a.lock();
     both.wait();
     let _b = b.lock();
+}
+
+/// Parses a large JSON catalog with serde_json over and over: the CPU is
+/// spent inside the dependency, under this one call.
+#[inline(never)]
+fn stall_import_catalog(d: Option<Duration>) {
+    let mut doc = String::from("[");
+    for i in 0..20_000 {
+        if i > 0 {
+            doc.push(',');
+        }
+        doc.push_str(&format!(
+            r#"{{"sku":"item-{i}","name":"catalog entry {i}","price":{}.{:02},"tags":["a","b","c"],"stock":{{"here":{i},"there":{}}}}}"#,
+            i % 500,
+            i % 100,
+            i * 3
+        ));
+    }
+    doc.push(']');
+    let start = Instant::now();
+    let mut items = 0usize;
+    while d.is_none_or(|d| start.elapsed() < d) {
+        match serde_json::from_str::<serde_json::Value>(&doc) {
+            Ok(v) => items += v.as_array().map_or(0, Vec::len),
+            Err(e) => say(format!("catalog does not parse: {e}")),
+        }
+    }
+    std::hint::black_box(items);
+}
+
+/// The spawned task that awaits an async fn with a blocking call inside.
+async fn serve_prices(dur: StallFor) {
+    let d = match dur {
+        StallFor::Secs(s) => Some(Duration::from_secs_f64(s)),
+        StallFor::Forever => None,
+    };
+    say(format!("injecting a stall: AsyncBlocking for {d:?}"));
+    let prices = fetch_prices(d).await;
+    say(format!(
+        "stall over ({prices} bytes of prices): the event loop runs again"
+    ));
+}
+
+/// An async fn that reads a socket with a blocking read: nobody writes to
+/// it, so the read waits (until the timeout) with the event loop's thread.
+async fn fetch_prices(d: Option<Duration>) -> usize {
+    use std::io::Read;
+    let Ok((mut ours, _theirs)) = std::os::unix::net::UnixStream::pair() else {
+        return 0;
+    };
+    let _ = ours.set_read_timeout(d.filter(|d| !d.is_zero()));
+    let mut buf = [0u8; 64];
+    ours.read(&mut buf).unwrap_or(0)
+}
+
+/// Saturates the loop: 40 tasks whose every poll spins ~20 ms in one of
+/// three handlers, until `dur` is over. No poll is long; together they
+/// keep the probe waiting.
+fn saturate(dur: StallFor) {
+    say(format!("injecting a stall: Saturated for {dur:?}"));
+    let until = match dur {
+        StallFor::Secs(s) => Some(Instant::now() + Duration::from_secs_f64(s)),
+        StallFor::Forever => None,
+    };
+    for i in 0..40 {
+        tokio::spawn(async move {
+            while until.is_none_or(|u| Instant::now() < u) {
+                match i % 3 {
+                    0 => score_items(Duration::from_millis(20)),
+                    1 => render_page(Duration::from_millis(20)),
+                    _ => compress_reply(Duration::from_millis(20)),
+                }
+                tokio::task::yield_now().await;
+            }
+        });
+    }
+}
+
+/// One short poll's worth of CPU (three names, as three handlers would be).
+#[inline(never)]
+fn score_items(d: Duration) {
+    spin_for(d)
+}
+
+#[inline(never)]
+fn render_page(d: Duration) {
+    spin_for(d)
+}
+
+#[inline(never)]
+fn compress_reply(d: Duration) {
+    spin_for(d)
+}
+
+#[inline(never)]
+fn spin_for(d: Duration) {
+    let start = Instant::now();
+    let mut x: u64 = 1;
+    while start.elapsed() < d {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+    std::hint::black_box(x);
 }

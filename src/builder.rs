@@ -376,6 +376,36 @@ impl Builder {
         self
     }
 
+    /// Names crates that are the application's own code, besides those
+    /// loopwatch learns from the binary (crates whose sources lie outside
+    /// the cargo home and the Rust sources, the crate whose `main` runs,
+    /// the executable's name). Stall reports blame the innermost frame of
+    /// own code and show dependency frames as where it was stuck.
+    ///
+    /// Useful when debug info is off (names alone say nothing about paths)
+    /// and the code lives in a library crate named unlike the binary, or
+    /// for your own crates that come from a registry. Names are crate
+    /// names (`-` and `_` are the same); [`start`](Self::start) refuses one
+    /// that is not. Calls add up.
+    ///
+    /// ```no_run
+    /// let watchdog = loopwatch::Watchdog::builder()
+    ///     .watch("main", tokio::runtime::Handle::current())
+    ///     .own_crates(["myapp_core", "myapp-http"])
+    ///     .start()?;
+    /// # Ok::<(), loopwatch::Error>(())
+    /// ```
+    pub fn own_crates<I, S>(mut self, crates: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.requested
+            .own_crates
+            .extend(crates.into_iter().map(Into::into));
+        self
+    }
+
     /// Registers loopwatch's metrics (`loopwatch_*`) in `registry` instead
     /// of a fresh one, so one scrape serves the application's metrics too.
     pub fn registry(mut self, registry: prometheus::Registry) -> Self {
@@ -557,6 +587,32 @@ mod tests {
                 e,
                 Err(Error::InvalidSetting {
                     setting: "deadline_margin",
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn own_crates_are_normalized_and_checked() {
+        let r = rt();
+        let s = Builder::new()
+            .watch("m", r.handle().clone())
+            .own_crates(["my-app", "my_app", "catalog"])
+            .own_crates(vec![String::from(" pricing ")])
+            .resolve(SystemdEnv::default())
+            .unwrap();
+        assert_eq!(s.diagnostics.own_crates, ["my_app", "catalog", "pricing"]);
+        let e = Builder::new()
+            .watch("m", r.handle().clone())
+            .own_crates(["my app"])
+            .resolve(SystemdEnv::default());
+        assert!(
+            matches!(
+                e,
+                Err(Error::InvalidSetting {
+                    setting: "own_crates",
                     ..
                 })
             ),

@@ -68,6 +68,7 @@ pub mod journal;
 mod metrics;
 mod monitor;
 mod notify;
+mod origin;
 mod probe;
 mod procfs;
 mod report;

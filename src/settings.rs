@@ -81,6 +81,8 @@ pub(crate) struct Requested {
     pub warn_threshold: Option<Option<Duration>>,
     pub hiccup_captures_per_second: u32,
     pub keep_hiccups: usize,
+    /// Crates the application names as its own (`Builder::own_crates`).
+    pub own_crates: Vec<String>,
 }
 
 impl Default for Requested {
@@ -101,6 +103,7 @@ impl Default for Requested {
             warn_threshold: None,
             hiccup_captures_per_second: DEFAULT_HICCUP_CAPTURES_PER_SECOND,
             keep_hiccups: crate::hiccups::DEFAULT_KEEP_HICCUPS,
+            own_crates: Vec::new(),
         }
     }
 }
@@ -124,6 +127,8 @@ pub(crate) struct DiagnosticsConfig {
     pub reports_per_hour: u32,
     /// Bytes of report files written per hour, at most.
     pub report_bytes_per_hour: u64,
+    /// Crates the application names as its own code (normalized: `_`).
+    pub own_crates: Vec<String>,
 }
 
 /// Validated, resolved settings.
@@ -263,7 +268,22 @@ impl Settings {
             (None, Some(w)) => (w / 8).max(Duration::from_millis(100)),
             (None, None) => Duration::from_millis(100),
         };
+        let mut own_crates = Vec::new();
+        for name in &r.own_crates {
+            let name = name.trim();
+            if !crate::origin::names::is_crate_name(name) {
+                return Err(Error::InvalidSetting {
+                    setting: "own_crates",
+                    reason: format!("{name:?} is not a crate name"),
+                });
+            }
+            let name = name.replace('-', "_");
+            if !own_crates.contains(&name) {
+                own_crates.push(name);
+            }
+        }
         let diagnostics = DiagnosticsConfig {
+            own_crates,
             report_dir: r.report_dir.resolve(),
             keep: r.keep_reports,
             capture: r.capture.clone(),

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 
 use crate::diagnostics::Diagnostics;
 use crate::error::{Error, Result};
-use crate::exporter::{Exporter, ExporterLimits, Health, HealthFn};
+use crate::exporter::{Endpoints, Exporter, ExporterLimits, Health, HealthFn, HiccupsFn};
 use crate::hiccups::HiccupLog;
 use crate::hooks::RuntimeHooks;
 use crate::metrics::Metrics;
@@ -99,6 +99,10 @@ impl Watchdog {
         diag.registry = Some(registry.clone());
         let (notifier, owns_notify) = claim_notifier(&settings);
         let names: Vec<String> = runtimes.iter().map(|(n, _)| n.clone()).collect();
+        let hiccup_log = Arc::new(Mutex::new(HiccupLog::new(
+            settings.keep_hiccups,
+            runtimes.len(),
+        )));
         let shared = Arc::new(Shared {
             status: Mutex::new(initial_status(&settings, &names, notifier.is_some())),
             stop: AtomicBool::new(false),
@@ -118,8 +122,31 @@ impl Watchdog {
                             Err(reason) => Health::Unhealthy(reason),
                         },
                     );
-                let started =
-                    Exporter::start(addr, registry.clone(), health, ExporterLimits::default());
+                let hiccups: HiccupsFn = {
+                    let log = hiccup_log.clone();
+                    let names = names.clone();
+                    Arc::new(move || log.lock().document_json(&names))
+                };
+                let endpoints = Endpoints {
+                    registry: registry.clone(),
+                    health,
+                    hiccups: Some(hiccups),
+                };
+                let started = Exporter::start_with(addr, endpoints, ExporterLimits::default());
+                if let Ok(e) = &started {
+                    let counters = e.counters();
+                    metrics.set_exporter_source(Box::new(move || {
+                        let c = counters.snapshot();
+                        [
+                            c.accepted,
+                            c.evicted,
+                            c.refused,
+                            c.head_timeouts,
+                            c.accept_errors,
+                            c.panics,
+                        ]
+                    }));
+                }
                 match started {
                     Ok(e) => Some(e),
                     Err(e) => {
@@ -133,10 +160,6 @@ impl Watchdog {
             None => None,
         };
         metrics.set_warn_threshold(settings.warn_threshold);
-        let hiccup_log = Arc::new(Mutex::new(HiccupLog::new(
-            settings.keep_hiccups,
-            runtimes.len(),
-        )));
         let monitor = Monitor::new(
             shared.clone(),
             runtimes,
@@ -272,10 +295,18 @@ impl Drop for Watchdog {
 
 /// How old the monitor's last snapshot may be before `/healthz` calls the
 /// monitor frozen: three probe intervals (the monitor wakes at least once
-/// per interval), plus the longest a stall's capture and report may keep it
-/// busy, plus a second of slack for a loaded host.
+/// per interval), plus the longest one step of a stall's diagnostics may
+/// keep it busy (the capture budget, or the symbolization budget), plus a
+/// second of slack for a loaded host. About 1.5 s with the defaults.
 fn stale_after(settings: &Settings) -> std::time::Duration {
-    settings.probe_interval * 3 + std::time::Duration::from_secs(2)
+    let busy = settings
+        .diagnostics
+        .capture
+        .as_ref()
+        .map_or(std::time::Duration::ZERO, |c| {
+            c.budget.max(c.symbolize_budget)
+        });
+    settings.probe_interval * 3 + busy + std::time::Duration::from_secs(1)
 }
 
 /// Decides whether this watchdog talks to systemd, and claims the right.

@@ -182,6 +182,11 @@ fn show_renders_the_report_as_its_text_and_colours_only_when_asked() {
         culprit_line.starts_with('\x1b') && culprit_line.ends_with("\x1b[0m"),
         "{culprit_line:?}"
     );
+    let frame_line = coloured
+        .lines()
+        .find(|l| l.contains(": demo::stall_sleep at ") && !l.contains("culprit:"))
+        .expect("the culprit's frame in the loop thread's stack");
+    assert!(frame_line.starts_with('\x1b'), "{frame_line:?}");
     let verdict_line = coloured.lines().nth(2).expect("verdict line");
     assert!(verdict_line.starts_with('\x1b') && verdict_line.contains("blocked-syscall"));
     let plain: String = coloured

@@ -11,13 +11,16 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-/// Every metric family loopwatch exports, with its type.
+/// Every metric family loopwatch exports, with its type
+/// (`families_match_the_exporter_source` keeps it in step with
+/// `src/metrics/families.rs`).
 const FAMILIES: &[(&str, Kind)] = &[
     ("loopwatch_probe_lag_seconds", Kind::Histogram),
     ("loopwatch_lag_seconds", Kind::Gauge),
     ("loopwatch_stall_threshold_seconds", Kind::Gauge),
     ("loopwatch_stalled", Kind::Gauge),
     ("loopwatch_stalls_total", Kind::Counter),
+    ("loopwatch_stalls_coalesced_total", Kind::Counter),
     ("loopwatch_stall_duration_seconds", Kind::Histogram),
     ("loopwatch_stalls_by_verdict_total", Kind::Counter),
     ("loopwatch_watchdog_pings_total", Kind::Counter),
@@ -25,6 +28,13 @@ const FAMILIES: &[(&str, Kind)] = &[
     ("loopwatch_reports_total", Kind::Counter),
     ("loopwatch_capture_duration_seconds", Kind::Histogram),
     ("loopwatch_worker_stuck", Kind::Gauge),
+    ("loopwatch_internal_errors_total", Kind::Counter),
+    ("loopwatch_hiccups_total", Kind::Counter),
+    ("loopwatch_hiccup_duration_seconds", Kind::Histogram),
+    ("loopwatch_hiccup_seconds_total", Kind::Counter),
+    ("loopwatch_hiccup_captures_skipped_total", Kind::Counter),
+    ("loopwatch_warn_threshold_seconds", Kind::Gauge),
+    ("loopwatch_exporter_connections_total", Kind::Counter),
     ("loopwatch_runtime_workers", Kind::Gauge),
     ("loopwatch_runtime_alive_tasks", Kind::Gauge),
     ("loopwatch_runtime_global_queue_depth", Kind::Gauge),
@@ -39,13 +49,19 @@ const PROMETHEUS_SERIES: &[&str] = &["up"];
 /// The alerts the on-call relies on.
 const REQUIRED_ALERTS: &[&str] = &[
     "LoopwatchEventLoopStalled",
+    "LoopwatchWorkerStuck",
     "LoopwatchLagHigh",
+    "LoopwatchHiccupsSustained",
+    "LoopwatchStallsRecurring",
     "LoopwatchWatchdogPingsSuppressed",
     "LoopwatchReportsFailing",
+    "LoopwatchReportsDropped",
+    "LoopwatchInternalError",
+    "LoopwatchMonitorFailing",
     "LoopwatchTargetDown",
 ];
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
     Counter,
     Gauge,
@@ -65,6 +81,72 @@ fn known_series() -> HashSet<String> {
         }
     }
     names
+}
+
+/// The families `src/metrics/families.rs` defines: each `"loopwatch_..."`
+/// name literal, with the kind of the constructor it is passed to.
+fn families_in_source() -> Vec<(String, Kind)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/metrics/families.rs");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut kind = None;
+    let mut out = Vec::new();
+    let mut rest = text.as_str();
+    loop {
+        let ctor = rest
+            .find("::new(")
+            .into_iter()
+            .chain(rest.find("::with_opts("));
+        let name = rest.find("\"loopwatch_");
+        let Some(next) = ctor.chain(name).min() else {
+            break;
+        };
+        if Some(next) == name {
+            let lit = &rest[next + 1..];
+            let end = lit.find('"').expect("a closed string literal");
+            let literal = &lit[..end];
+            // Help texts mention family names inside sentences; a name
+            // literal is the name alone.
+            if literal.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                let kind = kind.unwrap_or_else(|| panic!("{literal}: no constructor before it"));
+                out.push((literal.to_string(), kind));
+            }
+            rest = &lit[end + 1..];
+        } else {
+            let ident_start = rest[..next]
+                .rfind(|c: char| !c.is_ascii_alphanumeric())
+                .map_or(0, |i| i + 1);
+            let ctor = &rest[ident_start..next];
+            kind = if ctor.starts_with("Histogram") {
+                Some(Kind::Histogram)
+            } else if ctor.contains("Counter") {
+                Some(Kind::Counter)
+            } else if ctor.contains("Gauge") {
+                Some(Kind::Gauge)
+            } else {
+                kind
+            };
+            rest = &rest[next + 2..];
+        }
+    }
+    out
+}
+
+#[test]
+fn families_match_the_exporter_source() {
+    let source = families_in_source();
+    assert!(
+        source.len() >= 20,
+        "too few families found in src/metrics/families.rs: {source:?}"
+    );
+    let listed: Vec<(String, Kind)> = FAMILIES.iter().map(|(n, k)| (n.to_string(), *k)).collect();
+    let not_listed: Vec<_> = source.iter().filter(|f| !listed.contains(f)).collect();
+    let not_defined: Vec<_> = listed.iter().filter(|f| !source.contains(f)).collect();
+    assert!(
+        not_listed.is_empty() && not_defined.is_empty() && listed.len() == source.len(),
+        "FAMILIES is out of step with src/metrics/families.rs: defined there but not \
+         listed (or with another type): {not_listed:?}; listed but not defined there: \
+         {not_defined:?}"
+    );
 }
 
 fn dir() -> PathBuf {
@@ -332,6 +414,17 @@ fn dashboard_names_only_metrics_loopwatch_exports() {
         "loopwatch_runtime_worker_busy_seconds_total",
         "loopwatch_runtime_alive_tasks",
         "loopwatch_runtime_global_queue_depth",
+        // Issues 11, 13 and 14: stuck workers, storms, loopwatch's own
+        // failures, dropped reports, hiccups and their top blockers.
+        "loopwatch_worker_stuck",
+        "loopwatch_stalls_coalesced_total",
+        "loopwatch_internal_errors_total",
+        "loopwatch_reports_total",
+        "loopwatch_hiccups_total",
+        "loopwatch_hiccup_duration_seconds_bucket",
+        "loopwatch_hiccup_seconds_total",
+        "loopwatch_hiccup_captures_skipped_total",
+        "loopwatch_warn_threshold_seconds",
     ] {
         assert!(used.contains(needed), "no panel shows {needed}");
     }

@@ -188,7 +188,7 @@ fn a_hiccup_that_grows_into_a_stall_is_its_first_look() {
     let rt = common::current_thread();
     let dir = tempfile::tempdir().unwrap();
     let wd = Watchdog::builder()
-        .stall_threshold(Duration::from_millis(400))
+        .stall_threshold(Duration::from_secs(1))
         .warn_threshold(Duration::from_millis(50))
         .report_dir(dir.path())
         .watch("main", rt.handle().clone())
@@ -196,7 +196,7 @@ fn a_hiccup_that_grows_into_a_stall_is_its_first_look() {
         .unwrap();
     rt.block_on(async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        render_page_for_test(Duration::from_millis(1200));
+        render_page_for_test(Duration::from_millis(2500));
         tokio::time::sleep(Duration::from_millis(300)).await;
     });
     let r = wait_for(Duration::from_secs(10), || {
@@ -223,11 +223,17 @@ fn a_hiccup_that_grows_into_a_stall_is_its_first_look() {
         "{}",
         grown[0]
     );
-    let first = &r["captures"][0];
-    assert!(
-        first["reason"].as_str().unwrap().starts_with("hiccup"),
+    let first = &r["loop_looks"][0];
+    assert_eq!(
+        first["reason"], "hiccup",
         "the stall's first look is the hiccup's: {}",
-        r["captures"]
+        r["loop_looks"]
+    );
+    assert!(
+        first["culprit"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("render_page_for_test")),
+        "{first}"
     );
     assert!(
         r["culprit"]["function"]
@@ -235,5 +241,51 @@ fn a_hiccup_that_grows_into_a_stall_is_its_first_look() {
             .is_some_and(|c| c.ends_with("render_page_for_test")),
         "{}",
         r["culprit"]
+    );
+}
+
+#[test]
+fn the_exporter_serves_the_hiccups_as_json() {
+    let rt = common::current_thread();
+    let wd = Watchdog::builder()
+        .stall_threshold(Duration::from_secs(1))
+        .warn_threshold(Duration::from_millis(50))
+        .no_report_files()
+        .serve_metrics("127.0.0.1:0")
+        .watch("main", rt.handle().clone())
+        .start()
+        .unwrap();
+    rt.block_on(async {
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            render_page_for_test(Duration::from_millis(200));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    });
+    let addr = wd.metrics_addr().unwrap().to_string();
+    let (code, body) = common::http_get(&addr, "/hiccups", Duration::from_secs(2)).unwrap();
+    let (_, metrics) = common::http_get(&addr, "/metrics", Duration::from_secs(2)).unwrap();
+    wd.shutdown();
+    assert_eq!(code, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let hiccups = doc["hiccups"].as_array().unwrap();
+    assert!(hiccups.len() >= 2, "{body}");
+    assert_eq!(hiccups[0]["runtime"], "main");
+    let top = &doc["top_blockers"][0];
+    assert_eq!(top["runtime"], "main");
+    assert!(
+        top["blockers"][0]["culprit"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("render_page_for_test")),
+        "{body}"
+    );
+    assert!(
+        metrics.contains("loopwatch_hiccup_seconds_total{culprit=\"")
+            && metrics.contains("render_page_for_test"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("loopwatch_exporter_connections_total{result=\"accepted\"}"),
+        "{metrics}"
     );
 }

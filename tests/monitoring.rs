@@ -275,7 +275,7 @@ fn a_real_prometheus_sees_the_stall_and_the_dashboard_query_has_data() {
     let (_demo, addr) = demo_with_metrics(
         &[
             "--stall-after",
-            "4",
+            "8",
             "--stall-for",
             "4",
             "--threshold-ms",
@@ -284,6 +284,16 @@ fn a_real_prometheus_sees_the_stall_and_the_dashboard_query_has_data() {
         &[],
     );
     let prom = Prometheus::start(&addr);
+    // Rates need Prometheus to see the hiccup counter at 0 before the
+    // stall's hiccup makes it 1.
+    let before = wait_for(Duration::from_secs(8), || {
+        prom.scalar("loopwatch_hiccups_total{runtime=\"main\"}")
+    });
+    assert_eq!(
+        before,
+        Some(0.0),
+        "Prometheus did not scrape the demo before its stall (8 s after start)"
+    );
     let during = wait_for(Duration::from_secs(20), || {
         (prom.scalar("loopwatch_stalled{runtime=\"main\"}")? == 1.0).then_some(())
     });
@@ -321,5 +331,55 @@ fn a_real_prometheus_sees_the_stall_and_the_dashboard_query_has_data() {
     assert!(
         data.is_some(),
         "the dashboard's lag query returns no data: {q}"
+    );
+
+    // The stall began as a hiccup: the hiccups-per-minute and top-blockers
+    // panels show it, the latter with the demo's blocking function and
+    // the blocked time of its series' first (and only) value.
+    let fill = |e: String| {
+        e.replace("$job", ".*")
+            .replace("$instance", ".*")
+            .replace("$runtime", ".*")
+            .replace("$__rate_interval", "1m")
+            .replace("$__range", "5m")
+    };
+    let exprs = dashboard_exprs();
+    let per_minute = fill(
+        exprs
+            .iter()
+            .find(|e| e.contains("rate(loopwatch_hiccups_total"))
+            .expect("the dashboard has a hiccups-per-minute query")
+            .clone(),
+    );
+    let hiccups = wait_for(Duration::from_secs(10), || {
+        prom.scalar(&per_minute).filter(|v| *v > 0.0)
+    });
+    assert!(
+        hiccups.is_some(),
+        "the dashboard's hiccups-per-minute query shows no hiccup: {per_minute}"
+    );
+    let top = fill(
+        exprs
+            .iter()
+            .find(|e| e.starts_with("topk(") && e.contains("loopwatch_hiccup_seconds_total"))
+            .expect("the dashboard has a top-blockers query")
+            .clone(),
+    );
+    let rows = prom.query(&top);
+    let blocked: Vec<(String, f64)> = rows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            let culprit = r["metric"]["culprit"].as_str()?.to_string();
+            Some((culprit, r["value"][1].as_str()?.parse().ok()?))
+        })
+        .collect();
+    assert!(
+        blocked
+            .iter()
+            .any(|(culprit, secs)| culprit == "demo::stall_sleep" && *secs >= 0.1),
+        "the top-blockers query does not show demo::stall_sleep blocking >= 0.1 s \
+         (the warn threshold is 50 ms, the stall 200 ms): {blocked:?} from {top}"
     );
 }

@@ -99,6 +99,7 @@ pub(super) fn new_report(settings: &Settings, n: NewReport<'_>) -> StallReport {
         coalesced_stalls: 0,
         hiccups: n.hiccups,
         top_blockers: n.top_blockers,
+        loop_looks: Vec::new(),
     }
 }
 

@@ -76,7 +76,7 @@ pub(super) fn deadlock_cycles() -> Vec<String> {
                             .iter()
                             .any(|p| n.starts_with(p))
                         })
-                        .map(|n| crate::verdict::enclosing_function(&n))
+                        .map(|n| crate::origin::names::enclosing_function(&n))
                         .unwrap_or_else(|| "?".into());
                     format!("{:?} waiting in {waiting_in}", t.thread_id())
                 })

@@ -47,6 +47,7 @@ use crate::clock::{self, micros, us};
 use crate::hooks::StuckWorker;
 use crate::journal::{self, Journal, JournalEntry};
 use crate::metrics::Metrics;
+use crate::origin::OwnCode;
 use crate::procfs;
 use crate::report::{
     group_threads, rfc3339, wall, CaptureInfo, Occurrence, RuntimeMetricsSnapshot, StallReport,
@@ -55,7 +56,7 @@ use crate::report_store::{Pin, ReportStore, Saved};
 use crate::settings::{DiagnosticsConfig, Settings};
 use crate::stacks::{Capture, CaptureOutcome, StackSampler, ThreadStack};
 use crate::status::human;
-use crate::verdict::{decide, Evidence, VerdictKind};
+use crate::verdict::{decide, Evidence, LoopSample, Reading, VerdictKind};
 use assemble::{new_report, NewReport};
 use evidence::{cpu_delta, cpu_delta_from, cpu_sample, deadlock_cycles, CpuTimes};
 use storm::{Decision, StallKey, Storm};
@@ -105,9 +106,12 @@ pub(crate) struct IncidentContext<'a> {
     pub handle: &'a tokio::runtime::Handle,
     /// systemd's earliest deadline (µs clock), when pings are on.
     pub deadline: Option<u64>,
-    /// The loop thread's capture from the hiccup this stall grew out of
-    /// (µs clock, stack): the stall's first sample.
-    pub prior_sample: Option<(u64, ThreadStack)>,
+    /// The loop thread's capture from the hiccup this stall grew out of:
+    /// the stall's first look.
+    pub prior_sample: Option<LoopSample>,
+    /// Whether `prior_sample` came from a hiccup (else from the presample;
+    /// set by the diagnostics).
+    pub prior_from_hiccup: bool,
     /// The runtime's hiccups before the stall, and its top blockers.
     pub hiccups: Vec<crate::hiccups::Hiccup>,
     pub top_blockers: Vec<crate::hiccups::Blocker>,
@@ -136,8 +140,9 @@ struct ActiveStall {
     first: Vec<ThreadStack>,
     first_at: u64,
     second: Option<(u64, Vec<ThreadStack>)>,
-    /// Samples of the loop thread alone (µs clock, stack), oldest first.
-    samples: Vec<(u64, ThreadStack)>,
+    /// Looks at the loop thread alone, oldest first: the hiccup's or the
+    /// presample's before detection, then between the captures.
+    samples: Vec<LoopSample>,
     next_sample: Option<u64>,
     presample: Option<(u64, CpuTimes)>,
     second_due: Option<u64>,
@@ -161,9 +166,14 @@ enum Active {
     },
 }
 
-/// CPU times of threads, taken while a probe was late: (the late probe's
-/// wake time, when sampled, CPU time per tid).
-type Presample = (u64, u64, CpuTimes);
+/// Taken while a probe was late by half the threshold: the late probe's
+/// wake time, when sampled, CPU time per tid, and a look at the loop thread.
+struct Presample {
+    woken_at: u64,
+    at: u64,
+    cpu: CpuTimes,
+    look: Option<LoopSample>,
+}
 
 /// Counters the metrics read.
 #[derive(Debug, Default)]
@@ -188,6 +198,8 @@ pub(crate) struct Diagnostics {
     active: Vec<Option<Active>>,
     storms: Vec<Storm>,
     presamples: Vec<Option<Presample>>,
+    /// What is known of the application's own code; learned from captures.
+    own: OwnCode,
     seq: u64,
     /// loopwatch's metrics: report and capture counters, and the text
     /// snapshot in each report.
@@ -224,6 +236,7 @@ impl Diagnostics {
             active: (0..runtimes).map(|_| None).collect(),
             storms: (0..runtimes).map(|_| Storm::default()).collect(),
             presamples: (0..runtimes).map(|_| None).collect(),
+            own: OwnCode::for_process(&config.own_crates),
             seq: 0,
             metrics: None,
             registry: None,
@@ -275,12 +288,26 @@ impl Diagnostics {
         let cheap =
             self.storms[idx].may_coalesce(now, self.cool_down(), self.config.reports_per_hour);
         let tids = poller.filter(|_| cheap).map(|t| vec![t]);
-        self.presamples[idx] = Some((woken_at, now, cpu_sample(tids.as_deref())));
+        let cpu = cpu_sample(tids.as_deref());
+        // A first look at the loop thread, so that a verdict at detection
+        // rests on two (cheap: one signal).
+        let look = poller.and_then(|tid| {
+            let stack = self.sample_thread(tid)?;
+            Some(LoopSample { at: now, stack })
+        });
+        self.presamples[idx] = Some(Presample {
+            woken_at,
+            at: now,
+            cpu,
+            look,
+        });
     }
 
     /// True when the late probe `woken_at` was already presampled.
     pub(crate) fn presampled(&self, idx: usize, woken_at: u64) -> bool {
-        matches!(self.presamples[idx], Some((w, _, _)) if w == woken_at)
+        self.presamples[idx]
+            .as_ref()
+            .is_some_and(|p| p.woken_at == woken_at)
     }
 
     /// Captures `tids` in that order within `budget`: stacks when capture
@@ -362,6 +389,31 @@ impl Diagnostics {
         }
     }
 
+    /// What the report says of one look at the loop thread.
+    fn look_info(&self, reason: &str, look: &LoopSample) -> crate::report::LoopLook {
+        let facts = look.stack.facts.as_ref();
+        crate::report::LoopLook {
+            reason: reason.to_string(),
+            at: wall(look.at),
+            state: facts.map(|f| format!("{} ({})", f.state, f.state_name)),
+            culprit: self.culprit_of(&look.stack).0,
+        }
+    }
+
+    /// The culprit of one look at a loop thread (the innermost own-code
+    /// function inside the current poll), and its frames classified.
+    pub(crate) fn culprit_of(
+        &self,
+        look: &ThreadStack,
+    ) -> (Option<String>, Vec<crate::stacks::Frame>) {
+        let r = Reading::new(look, &self.own, self.max_stack_bytes());
+        (r.culprit_function(), r.frames.clone())
+    }
+
+    fn max_stack_bytes(&self) -> Option<usize> {
+        self.config.capture.as_ref().map(|c| c.max_stack_bytes)
+    }
+
     /// The loop thread alone, cheaply: one signal, symbol-table names.
     pub(crate) fn sample_thread(&self, tid: i32) -> Option<ThreadStack> {
         self.capture_threads(&[tid], CHEAP_CAPTURE_BUDGET)
@@ -430,10 +482,15 @@ impl Diagnostics {
     /// report, or captures, decides and writes a report of its own.
     pub(crate) fn incident_started(&mut self, ctx: IncidentContext<'_>) -> Outcome {
         let idx = ctx.idx;
-        let presample = self.presamples[idx]
-            .take()
-            .filter(|(w, _, _)| *w == ctx.started_at)
-            .map(|(_, at, cpu)| (at, cpu));
+        let (presample, look) = match self.presamples[idx].take() {
+            Some(p) if p.woken_at == ctx.started_at => (Some((p.at, p.cpu)), p.look),
+            _ => (None, None),
+        };
+        let mut ctx = ctx;
+        ctx.prior_from_hiccup = ctx.prior_sample.is_some();
+        if ctx.prior_sample.is_none() {
+            ctx.prior_sample = look;
+        }
         let lag = us(ctx.now.saturating_sub(ctx.started_at).max(ctx.max_lag));
         let cool_down = self.cool_down();
         let per_hour = self.config.reports_per_hour;
@@ -479,6 +536,10 @@ impl Diagnostics {
             queue_depth: None,
             deadlock: Vec::new(),
             stuck_workers: ctx.stuck_workers.clone(),
+            samples: ctx.prior_sample.as_slice(),
+            polls_during_stall: None,
+            own: self.own.clone(),
+            max_stack_bytes: self.max_stack_bytes(),
         };
         let (verdict, culprit) = decide(&evidence);
         StallKey {
@@ -538,6 +599,7 @@ impl Diagnostics {
         let t0 = clock::now_us();
         let loop_tids = Self::loop_threads(&ctx);
         let (first, info) = self.capture("detection", &loop_tids, ctx.deadline);
+        self.own.learn(&first);
         let first_at = clock::now_us();
         let rm = RuntimeMetricsSnapshot::read(ctx.handle);
         self.seq += 1;
@@ -561,19 +623,13 @@ impl Diagnostics {
         );
         let second_due = self.second_capture_due(ctx.now, ctx.deadline);
         let mut report = report;
-        if let Some((at, _)) = &ctx.prior_sample {
-            // The hiccup's look at the loop thread is the stall's first.
-            report.captures.insert(
-                0,
-                CaptureInfo {
-                    reason: "hiccup (the loop thread, while the block was a hiccup)".into(),
-                    at: wall(*at),
-                    threads: 1,
-                    unresponsive: 0,
-                    signal_seconds: 0.0,
-                    unwind_symbolize_seconds: 0.0,
-                },
-            );
+        if let Some(look) = &ctx.prior_sample {
+            let reason = if ctx.prior_from_hiccup {
+                "hiccup"
+            } else {
+                "presample"
+            };
+            report.loop_looks.push(self.look_info(reason, look));
         }
         let mut stall = ActiveStall {
             report,
@@ -689,11 +745,22 @@ impl Diagnostics {
             queue_depth: stall.queue_depth,
             deadlock: stall.deadlock.clone(),
             stuck_workers: stuck_now,
+            samples: &stall.samples,
+            polls_during_stall: None,
+            own: self.own.clone(),
+            max_stack_bytes: self.max_stack_bytes(),
         };
         let (verdict, culprit) = decide(&evidence);
         stall.report.verdict = verdict;
         stall.report.culprit = culprit;
-        stall.report.threads = group_threads(&stall.first, second, &stall.loop_tids, &cpu_used);
+        stall.report.threads = group_threads(
+            &stall.first,
+            second,
+            &stall.loop_tids,
+            &cpu_used,
+            &self.own,
+            self.max_stack_bytes(),
+        );
     }
 
     /// Writes the incident's report; the compact form goes to stderr once
@@ -807,7 +874,13 @@ impl Diagnostics {
             };
             if stall.next_sample.is_some_and(|at| now >= at) {
                 if let Some(t) = stall.poller.and_then(|tid| self.sample_thread(tid)) {
-                    stall.samples.push((clock::now_us(), t));
+                    let look = LoopSample {
+                        at: clock::now_us(),
+                        stack: t,
+                    };
+                    let info = self.look_info("sample", &look);
+                    stall.report.loop_looks.push(info);
+                    stall.samples.push(look);
                 }
                 stall.next_sample = self.next_sample_after(&stall, now);
             }
@@ -886,6 +959,12 @@ impl Diagnostics {
             None => self.symbolize(&mut stall.first, &mut notes, until),
         }
         stall.report.notes = notes;
+        // Files and lines now known: learn the workspace from them.
+        let latest = match &stall.second {
+            Some((_, second)) => second,
+            None => &stall.first,
+        };
+        self.own.learn(latest);
         self.refresh(stall, clock::now_us());
         true
     }
@@ -900,6 +979,7 @@ impl Diagnostics {
             "still-stalled"
         };
         let (second, info) = self.capture(reason, &stall.loop_tids.clone(), stall.deadline);
+        self.own.learn(&second);
         let at = clock::now_us();
         stall.report.captures.extend(info);
         stall.report.stalled_for_seconds =

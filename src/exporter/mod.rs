@@ -1,4 +1,5 @@
-//! The HTTP exporter: `/metrics` and `/healthz` from a thread of its own.
+//! The HTTP exporter: `/metrics`, `/healthz` and `/hiccups` from a thread
+//! of its own.
 //!
 //! This module owns the `loopwatch-exporter` OS thread and its private tokio
 //! `current_thread` runtime: [`Exporter`] starts them, and stopping or
@@ -11,31 +12,42 @@
 //!
 //! The parts, each depending only on the ones before it:
 //!
-//! * [`routes`]: what a request gets back (`/metrics`, `/healthz`, 404,
-//!   405), and what `/healthz` asks ([`Health`], [`HealthFn`]);
+//! * [`routes`]: what a request gets back (`/metrics`, `/healthz`,
+//!   `/hiccups`, 404, 405), and what the endpoints ask ([`Endpoints`]:
+//!   [`Health`], [`HealthFn`], [`routes::HiccupsFn`]);
+//! * [`counters`]: what the exporter did with its clients, counted
+//!   ([`ExporterCounters`], read through [`Exporter::counters`]);
+//! * [`admission`]: the table of open connections and who gets a slot at
+//!   the cap (the longest idle connection is evicted for a new one);
+//! * [`activity`]: the socket and body wrappers that tell a connection's
+//!   slot when a request starts and when its response is written;
 //! * [`connections`]: the listening socket, the accept loop and the limits
 //!   that keep a misbehaving client from wedging the exporter
-//!   ([`ExporterLimits`]: connection cap, head size, timeouts).
+//!   ([`ExporterLimits`]: connection cap, head size and head timeout,
+//!   connection life).
 //!
 //! It does not define or update metrics (that is [`crate::metrics`]) nor
-//! decide health (the closure given to [`Exporter::start`] does).
+//! decide health (the closure given to [`Exporter::start`] does), nor
+//! record hiccups (it serves what its [`routes::HiccupsFn`] returns).
 
+mod activity;
+mod admission;
 mod connections;
+mod counters;
 mod routes;
 
 pub(crate) use connections::ExporterLimits;
-pub(crate) use routes::{Health, HealthFn};
+pub(crate) use counters::{ExporterCounters, ExporterCounts};
+pub(crate) use routes::{Endpoints, Health, HealthFn, HiccupsFn};
 
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use prometheus::Registry;
 use tokio::sync::oneshot;
 
 use connections::{accept_loop, bind};
-use routes::State;
 
 use crate::error::Error;
 
@@ -43,6 +55,7 @@ use crate::error::Error;
 /// stops the thread and closes the socket.
 pub(crate) struct Exporter {
     local_addr: SocketAddr,
+    counters: Arc<ExporterCounters>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -58,24 +71,43 @@ impl std::fmt::Debug for Exporter {
 impl Exporter {
     /// Binds `addr` (`"127.0.0.1:9184"`, `"[::1]:9184"`, `"localhost:9184"`;
     /// port 0 picks a free port) and serves `/metrics` from `registry` and
-    /// `/healthz` from `health` on a new `loopwatch-exporter` thread.
+    /// `/healthz` from `health` on a new `loopwatch-exporter` thread
+    /// (`/hiccups` is a 404: see [`start_with`](Exporter::start_with)).
     ///
     /// Returns once the socket listens. An address that does not resolve or
     /// cannot be bound is [`Error::ExporterBind`]; a thread or runtime that
-    /// cannot be created is [`Error::SpawnThread`]; a zero timeout or
-    /// connection limit is [`Error::InvalidSetting`]. May be called from
-    /// inside a tokio runtime, and the exporter dropped there too.
+    /// cannot be created is [`Error::SpawnThread`]; a zero timeout, head
+    /// timeout or connection limit is [`Error::InvalidSetting`]. May be
+    /// called from inside a tokio runtime, and the exporter dropped there
+    /// too.
+    #[cfg(test)]
     pub(crate) fn start(
         addr: &str,
-        registry: Registry,
+        registry: prometheus::Registry,
         health: HealthFn,
         limits: ExporterLimits,
     ) -> Result<Exporter, Error> {
-        if limits.timeout.is_zero() || limits.max_connections == 0 {
+        let endpoints = Endpoints {
+            registry,
+            health,
+            hiccups: None,
+        };
+        Exporter::start_with(addr, endpoints, limits)
+    }
+
+    /// Like [`start`](Exporter::start), with every endpoint's source given,
+    /// `/hiccups` included.
+    pub(crate) fn start_with(
+        addr: &str,
+        endpoints: Endpoints,
+        limits: ExporterLimits,
+    ) -> Result<Exporter, Error> {
+        if limits.timeout.is_zero() || limits.head_timeout.is_zero() || limits.max_connections == 0
+        {
             return Err(Error::InvalidSetting {
                 setting: "serve_metrics",
                 reason: format!(
-                    "the exporter needs a positive timeout and at least one connection, got {limits:?}"
+                    "the exporter needs a positive timeout and head timeout and at least one connection, got {limits:?}"
                 ),
             });
         }
@@ -86,12 +118,23 @@ impl Exporter {
         let listener = bind(addr).map_err(bind_err)?;
         let local_addr = listener.local_addr().map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
-        let state = Arc::new(State { registry, health });
+        let endpoints = Arc::new(endpoints);
+        let counters = Arc::new(ExporterCounters::default());
+        let loop_counters = counters.clone();
         let (stop_tx, stop_rx) = oneshot::channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("loopwatch-exporter".into())
-            .spawn(move || run(listener, state, limits, stop_rx, ready_tx))
+            .spawn(move || {
+                run(
+                    listener,
+                    endpoints,
+                    limits,
+                    loop_counters,
+                    stop_rx,
+                    ready_tx,
+                )
+            })
             .map_err(|source| Error::SpawnThread {
                 thread: "loopwatch-exporter",
                 source,
@@ -108,9 +151,10 @@ impl Exporter {
                 source,
             });
         }
-        tracing::info!(addr = %local_addr, "loopwatch exporter serving /metrics and /healthz");
+        tracing::info!(addr = %local_addr, "loopwatch exporter serving /metrics, /healthz and /hiccups");
         Ok(Exporter {
             local_addr,
+            counters,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
@@ -119,6 +163,12 @@ impl Exporter {
     /// The address actually bound (useful with port 0).
     pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// What the exporter did with its clients so far (accepted, evicted,
+    /// refused, timed out, open now), updated as it happens.
+    pub(crate) fn counters(&self) -> Arc<ExporterCounters> {
+        self.counters.clone()
     }
 
     /// Stops serving: closes the socket, drops open connections and joins
@@ -135,6 +185,16 @@ impl Exporter {
             if thread.join().is_err() {
                 tracing::error!("loopwatch exporter thread panicked");
             }
+            let c: ExporterCounts = self.counters.snapshot();
+            tracing::debug!(
+                accepted = c.accepted,
+                evicted = c.evicted,
+                refused = c.refused,
+                head_timeouts = c.head_timeouts,
+                accept_errors = c.accept_errors,
+                open = c.open,
+                "loopwatch exporter stopped"
+            );
         }
     }
 }
@@ -148,8 +208,9 @@ impl Drop for Exporter {
 /// The exporter thread's body.
 fn run(
     listener: StdListener,
-    state: Arc<State>,
+    endpoints: Arc<Endpoints>,
     limits: ExporterLimits,
+    counters: Arc<ExporterCounters>,
     stop: oneshot::Receiver<()>,
     ready: std::sync::mpsc::Sender<io::Result<()>>,
 ) {
@@ -173,10 +234,14 @@ fn run(
             }
         };
         let _ = ready.send(Ok(()));
-        accept_loop(listener, state, limits, stop).await;
+        // A task, not the `block_on` future: it then queues behind the
+        // connections woken by the same I/O events, so they run first.
+        let accepting = tokio::spawn(accept_loop(listener, endpoints, limits, counters, stop));
+        if accepting.await.is_err() {
+            tracing::error!("loopwatch exporter's accept loop panicked");
+        }
     });
     // Dropping the runtime drops every connection still open.
-    tracing::debug!("loopwatch exporter stopped");
 }
 
 #[cfg(test)]

@@ -1,10 +1,13 @@
-//! The exporter's answers: `/metrics`, `/healthz`, and everything else.
+//! The exporter's answers: `/metrics`, `/healthz`, `/hiccups`, and
+//! everything else.
 //!
 //! This module owns what a request gets back: the routes, their methods
-//! (GET and HEAD), status codes, content types, `Cache-Control`, and the
-//! health closure's verdict turned into a bounded one-line body (a panic in
-//! it becomes a 500, not a dead exporter). Answering never blocks: `/metrics`
-//! encodes the registry, `/healthz` calls a closure that must not block.
+//! (GET and HEAD), status codes, content types, `Cache-Control`, the health
+//! closure's verdict turned into a bounded one-line body, and the hiccup
+//! source's JSON document (a panic in either closure becomes a 500, not a
+//! dead exporter; `/hiccups` without a source is a 404 that says so).
+//! Answering never blocks: `/metrics` encodes the registry, `/healthz` and
+//! `/hiccups` call closures that must not block.
 //!
 //! It does not accept, time or limit connections, nor parse HTTP (that is
 //! [`super::connections`] and hyper): it sees one parsed request at a time.
@@ -39,16 +42,25 @@ pub(crate) enum Health {
 /// block (it typically copies the monitor's last status).
 pub(crate) type HealthFn = Arc<dyn Fn() -> Health + Send + Sync>;
 
-/// What every connection needs to answer its requests.
-pub(super) struct State {
+/// Asked on every `/hiccups` request, from the exporter's thread: returns
+/// a JSON document (the recent hiccups). Must not block.
+pub(crate) type HiccupsFn = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// The `Content-Type` of `/hiccups`.
+pub(crate) const JSON_CONTENT_TYPE: &str = "application/json";
+
+/// What the exporter serves: every connection answers its requests from it.
+pub(crate) struct Endpoints {
     /// Rendered on `/metrics`.
-    pub(super) registry: Registry,
+    pub(crate) registry: Registry,
     /// Asked on `/healthz`.
-    pub(super) health: HealthFn,
+    pub(crate) health: HealthFn,
+    /// Asked on `/hiccups`; without it `/hiccups` is a 404.
+    pub(crate) hiccups: Option<HiccupsFn>,
 }
 
 /// The response to one request.
-pub(super) fn respond(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+pub(super) fn respond(state: &Endpoints, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let readable = matches!(*req.method(), Method::GET | Method::HEAD);
     match req.uri().path() {
         "/metrics" if readable => response(
@@ -69,7 +81,8 @@ pub(super) fn respond(state: &State, req: &Request<Incoming>) -> Response<Full<B
                 )
             }
         },
-        "/metrics" | "/healthz" => {
+        "/hiccups" if readable => hiccups(state.hiccups.as_ref()),
+        "/metrics" | "/healthz" | "/hiccups" => {
             let mut r = text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed: use GET or HEAD\n".into(),
@@ -80,8 +93,29 @@ pub(super) fn respond(state: &State, req: &Request<Incoming>) -> Response<Full<B
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: loopwatch serves /metrics and /healthz\n".into(),
+            "not found: loopwatch serves /metrics, /healthz and /hiccups\n".into(),
         ),
+    }
+}
+
+/// The answer to `GET /hiccups`.
+fn hiccups(source: Option<&HiccupsFn>) -> Response<Full<Bytes>> {
+    let Some(source) = source else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found: this watchdog records no hiccups (no hiccup source given to the exporter)\n"
+                .into(),
+        );
+    };
+    match catch_unwind(AssertUnwindSafe(|| source())) {
+        Ok(json) => response(StatusCode::OK, JSON_CONTENT_TYPE, json),
+        Err(_) => {
+            tracing::error!("loopwatch hiccup source panicked");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "hiccup source failed\n".into(),
+            )
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! Tests of the exporter over real sockets: routes and methods, keep-alive,
 //! large scrapes, health, the limits (head size, timeouts, connection cap),
 //! answering while a watched runtime is blocked, binding and start/stop.
+//! Hostile clients (floods, trickling, keep-alive idling) and `/hiccups`
+//! are in [`hostile`].
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
@@ -277,27 +279,64 @@ fn a_slow_head_is_cut_off_too() {
     assert!(closed, "a trickling client was kept for {:?}", t0.elapsed());
 }
 
+/// Holds a keep-alive connection inside a request: pipelines `/metrics`
+/// requests (about 100 KB of answer each) without reading the answers,
+/// until the server stops reading because its socket is full.
+fn busy_connection(addr: SocketAddr) -> StdStream {
+    let mut s = connect(addr);
+    s.set_write_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let req = b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n";
+    let t0 = Instant::now();
+    loop {
+        match s.write(req) {
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(e) => panic!("the busy connection was closed: {e}"),
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the server never stopped reading pipelined requests"
+        );
+    }
+    s
+}
+
+/// Before the eviction policy this test was `connections_beyond_the_cap_are_closed_at_once`
+/// and held its two slots with idle keep-alive connections. Idle connections
+/// are now evicted for a new client (see the next test), so the slots are
+/// held by connections stuck inside a request; the intent is unchanged: a
+/// client beyond the cap is never left hanging, and a freed slot serves.
 #[test]
 fn connections_beyond_the_cap_are_closed_at_once() {
-    let exporter = start(ExporterLimits {
-        max_connections: 2,
-        timeout: Duration::from_secs(30),
-        ..ExporterLimits::default()
-    });
-    let addr = exporter.local_addr();
-    // Two keep-alive connections, each answered once: both hold a slot.
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let mut s = connect(addr);
-        write!(s, "GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
-        assert_eq!(read_response(&mut s, false).unwrap().status, 200);
-        held.push(s);
+    let registry = registry();
+    for i in 0..3000 {
+        let g =
+            prometheus::IntGauge::new(format!("app_gauge_{i}"), "A gauge of the test.").unwrap();
+        registry.register(Box::new(g)).unwrap();
     }
+    let exporter = Exporter::start(
+        "127.0.0.1:0",
+        registry,
+        healthy(),
+        ExporterLimits {
+            max_connections: 2,
+            timeout: Duration::from_secs(30),
+            ..ExporterLimits::default()
+        },
+    )
+    .unwrap();
+    let addr = exporter.local_addr();
+    // Two connections, each stuck writing an answer its client does not
+    // read: both hold a slot inside a request.
+    let mut held = vec![busy_connection(addr), busy_connection(addr)];
     let mut third = connect(addr);
     let _ = write!(third, "GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n");
     let t0 = Instant::now();
     assert!(closed_by_server(&mut third));
     assert!(t0.elapsed() < Duration::from_secs(2));
+    let counts = exporter.counters().snapshot();
+    assert_eq!((counts.refused, counts.evicted), (1, 0), "{counts:?}");
     // Closing one frees its slot.
     drop(held.pop());
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -313,6 +352,37 @@ fn connections_beyond_the_cap_are_closed_at_once() {
             Err(e) => panic!("no slot freed: {e}"),
         }
     }
+}
+
+#[test]
+fn a_connection_beyond_the_cap_evicts_the_longest_idle_one() {
+    let exporter = start(ExporterLimits {
+        max_connections: 2,
+        timeout: Duration::from_secs(30),
+        head_timeout: Duration::from_secs(30),
+        ..ExporterLimits::default()
+    });
+    let addr = exporter.local_addr();
+    // Two keep-alive connections, each answered once, then idle: the first
+    // one (a HEAD) has been idle for longest.
+    let mut held = Vec::new();
+    for method in ["HEAD", "GET"] {
+        let mut s = connect(addr);
+        write!(s, "{method} /healthz HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+        assert_eq!(read_response(&mut s, method == "HEAD").unwrap().status, 200);
+        held.push(s);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A third client is served at once...
+    let t0 = Instant::now();
+    assert_eq!(get(addr, "/healthz").status, 200);
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    // ...the longest idle connection was closed for it, the other still serves.
+    assert!(closed_by_server(&mut held[0]));
+    write!(held[1], "GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut held[1], false).unwrap().status, 200);
+    let counts = exporter.counters().snapshot();
+    assert_eq!((counts.evicted, counts.refused), (1, 0), "{counts:?}");
 }
 
 #[test]
@@ -433,3 +503,5 @@ fn localhost_names_are_accepted() {
     assert!(exporter.local_addr().ip().is_loopback());
     assert_eq!(get(exporter.local_addr(), "/healthz").status, 200);
 }
+
+mod hostile;

@@ -6,7 +6,8 @@
 //! captures the loop thread alone (one signal, symbol-table names) and
 //! records a [`Hiccup`] once the probe answers: its runtime, start,
 //! duration, cause (on CPU, in which system call, waiting on a lock, the
-//! process not scheduled) and culprit (the innermost application frame).
+//! process not scheduled) and culprit (the innermost own-code frame inside
+//! the current poll).
 //! A block caught only after it ended (shorter than the warn threshold plus
 //! one probe interval) is recorded without a capture: its duration is
 //! known, its culprit is not.
@@ -27,7 +28,6 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::stacks::{Frame, ThreadStack};
-use crate::verdict::{application_frames, enclosing_function};
 pub(crate) use aggregate::LogAggregator;
 
 /// Hiccups kept by default for [`Watchdog::hiccups`](crate::Watchdog::hiccups).
@@ -119,14 +119,6 @@ impl HiccupCause {
             _ => HiccupCause::Unknown,
         }
     }
-}
-
-/// The innermost application function of a captured loop thread.
-pub(crate) fn culprit_of(sample: &ThreadStack) -> Option<String> {
-    application_frames(&sample.frames)
-        .first()
-        .and_then(|f| f.function.as_deref())
-        .map(enclosing_function)
 }
 
 /// Blocked time and count per culprit of one runtime.
@@ -229,8 +221,6 @@ impl HiccupLog {
     }
 }
 
-// Served at `/hiccups` once the exporter's route lands.
-#[allow(dead_code)]
 /// What `/hiccups` serves and [`Watchdog::hiccups`](crate::Watchdog::hiccups)
 /// summarises: the last hiccups and each runtime's top blockers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -240,15 +230,19 @@ pub(crate) struct HiccupsDocument {
 }
 
 /// One runtime's top blockers.
-#[allow(dead_code)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct RuntimeBlockers {
     pub runtime: String,
     pub blockers: Vec<Blocker>,
 }
 
-#[allow(dead_code)]
 impl HiccupLog {
+    /// The `/hiccups` document, as JSON.
+    pub(crate) fn document_json(&self, names: &[String]) -> String {
+        serde_json::to_string_pretty(&self.document(names))
+            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
     /// The `/hiccups` document for runtimes called `names`.
     pub(crate) fn document(&self, names: &[String]) -> HiccupsDocument {
         HiccupsDocument {

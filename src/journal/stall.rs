@@ -208,6 +208,7 @@ pub(super) mod tests {
                 file: Some("src/render.rs".into()),
                 line: Some(88),
                 frames: vec![],
+                stuck_in: None,
             }),
             ..StallReport::blank()
         }

@@ -24,7 +24,7 @@ use prometheus::proto::MetricFamily;
 use prometheus::{Counter, IntCounter, IntGauge};
 use tokio::runtime::Handle;
 
-use super::families::Families;
+use super::families::{Families, EXPORTER_RESULTS};
 
 /// One worker's cumulative tokio counters, as exported.
 struct WorkerChildren {
@@ -103,7 +103,14 @@ struct Shared {
     /// Refreshed (and read) under this lock at scrape time, so that two
     /// concurrent scrapes never interleave a counter's reset and set.
     tokio: Mutex<Vec<TokioChildren>>,
+    /// Where the exporter's connection totals are read at scrape time
+    /// (indexed like [`EXPORTER_RESULTS`]), when it runs.
+    exporter: Mutex<Option<ExporterSource>>,
 }
+
+/// Reads the exporter's connection totals, indexed like
+/// [`EXPORTER_RESULTS`], then the panics it caught.
+pub(crate) type ExporterSource = Box<dyn Fn() -> [u64; 6] + Send + Sync>;
 
 /// The collector registered in the application's registry: all of
 /// loopwatch's families, the tokio ones refreshed at collection time.
@@ -124,12 +131,18 @@ impl LoopwatchCollector {
             families,
             deadline_present: AtomicBool::new(false),
             tokio: Mutex::new(tokio),
+            exporter: Mutex::new(None),
         }))
     }
 
     /// The families, to resolve and update their children.
     pub(super) fn families(&self) -> &Families {
         &self.0.families
+    }
+
+    /// Reads the exporter's connection totals at every scrape from now on.
+    pub(super) fn set_exporter_source(&self, source: ExporterSource) {
+        *self.0.exporter.lock() = Some(source);
     }
 
     /// Whether `loopwatch_watchdog_deadline_seconds` is in the next scrapes.
@@ -162,6 +175,7 @@ impl Collector for LoopwatchCollector {
         d.extend(f.hiccup_seconds.desc());
         d.extend(f.hiccup_captures_skipped.desc());
         d.extend(f.warn_threshold.desc());
+        d.extend(f.exporter_connections.desc());
         d.extend(f.rt_workers.desc());
         d.extend(f.rt_alive_tasks.desc());
         d.extend(f.rt_global_queue_depth.desc());
@@ -195,6 +209,19 @@ impl Collector for LoopwatchCollector {
         out.extend(f.hiccup_seconds.collect());
         out.extend(f.hiccup_captures_skipped.collect());
         out.extend(f.warn_threshold.collect());
+        if let Some(read) = self.0.exporter.lock().as_ref() {
+            // Counters have no `set`: reset and add the running totals.
+            let totals = read();
+            for (result, total) in EXPORTER_RESULTS.iter().zip(totals) {
+                let c = f.exporter_connections.with_label_values(&[*result]);
+                c.reset();
+                c.inc_by(total);
+            }
+            let panics = f.internal_errors.with_label_values(&["exporter"]);
+            panics.reset();
+            panics.inc_by(totals[EXPORTER_RESULTS.len()]);
+            out.extend(f.exporter_connections.collect());
+        }
         {
             let tokio = self.0.tokio.lock();
             refresh_tokio(&tokio);

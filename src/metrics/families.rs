@@ -59,6 +59,16 @@ pub(super) const UNKNOWN_VERDICT: usize = 6;
 /// The values of the `result` label of `loopwatch_reports_total`.
 pub(crate) const REPORT_RESULTS: [&str; 3] = ["written", "failed", "dropped"];
 
+/// The values of the `result` label of
+/// `loopwatch_exporter_connections_total`.
+pub(crate) const EXPORTER_RESULTS: [&str; 5] = [
+    "accepted",
+    "evicted",
+    "refused",
+    "head_timeout",
+    "accept_error",
+];
+
 /// The values of the `part` label of `loopwatch_internal_errors_total`:
 /// which part of loopwatch itself failed.
 pub(crate) const INTERNAL_PARTS: [&str; 3] = ["monitor", "diagnostics", "exporter"];
@@ -111,6 +121,7 @@ pub(super) struct Families {
     pub(super) hiccup_seconds: CounterVec,
     pub(super) hiccup_captures_skipped: IntCounterVec,
     pub(super) warn_threshold: Gauge,
+    pub(super) exporter_connections: IntCounterVec,
     pub(super) rt_workers: IntGaugeVec,
     pub(super) rt_alive_tasks: IntGaugeVec,
     pub(super) rt_global_queue_depth: IntGaugeVec,
@@ -150,7 +161,9 @@ impl Families {
             stalled: IntGaugeVec::new(
                 Opts::new(
                     "loopwatch_stalled",
-                    "1 while the event loop is stalled (lag above the threshold), else 0.",
+                    "1 while loopwatch withholds watchdog pings for this runtime (its probe \
+                     stalled, or a worker stuck longer than the worker-stuck limit), until every \
+                     cause has ended; else 0.",
                 ),
                 rt,
             )?,
@@ -270,6 +283,16 @@ impl Families {
                 "Lag above which a block of the event loop is recorded as a hiccup (0: hiccups \
                  off).",
             ))?,
+            exporter_connections: IntCounterVec::new(
+                Opts::new(
+                    "loopwatch_exporter_connections_total",
+                    "Connections to loopwatch's /metrics and /healthz exporter, by what became \
+                     of them: accepted; evicted (idle, to make room at the connection cap); \
+                     refused (every slot busy inside a request); head_timeout (no complete \
+                     request head in time); accept_error (accept failed, e.g. EMFILE).",
+                ),
+                &["result"],
+            )?,
             rt_workers: IntGaugeVec::new(
                 Opts::new(
                     "loopwatch_runtime_workers",

@@ -259,6 +259,13 @@ impl Metrics {
         }
     }
 
+    /// Exports the exporter's connection totals, read from `source` at
+    /// every scrape (indexed accepted, evicted, refused, head timeout,
+    /// accept error).
+    pub(crate) fn set_exporter_source(&self, source: super::collector::ExporterSource) {
+        self.collector.set_exporter_source(source);
+    }
+
     /// Sets the warn threshold gauge (zero: hiccups off).
     pub(crate) fn set_warn_threshold(&self, warn: Option<Duration>) {
         self.collector

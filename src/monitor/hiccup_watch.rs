@@ -13,13 +13,14 @@
 //! Hiccup work never delays a stall: a capture here is one thread with a
 //! small budget, and stall detection runs in the same tick after it.
 
-use super::Monitor;
+use super::{guard_diag, Monitor};
 use crate::clock::us;
-use crate::hiccups::{culprit_of, Hiccup, HiccupCause, LogAggregator};
+use crate::hiccups::{Hiccup, HiccupCause, LogAggregator};
 use crate::probe::ProbeReading;
 use crate::report::wall;
 use crate::stacks::ThreadStack;
 use crate::status::human;
+use crate::verdict::LoopSample;
 
 /// A late probe being watched.
 #[derive(Debug)]
@@ -28,6 +29,8 @@ struct Pending {
     woken_at: u64,
     /// The loop thread's capture, when one was taken.
     sample: Option<ThreadStack>,
+    /// When the capture was taken (µs clock).
+    taken_at: u64,
 }
 
 /// One runtime's hiccup state.
@@ -72,12 +75,23 @@ impl Monitor {
                 }
                 let sample = if self.may_capture_hiccup(i, now) {
                     let poller = self.loops[i].probe.poller_tid();
-                    poller.and_then(|tid| self.diag.sample_thread(tid))
+                    poller.and_then(|tid| {
+                        guard_diag(
+                            &mut self.diag,
+                            &self.metrics,
+                            &mut self.internal_errors,
+                            |d| d.sample_thread(tid),
+                        )
+                    })
                 } else {
                     self.metrics.hiccup_capture_skipped(i);
                     None
                 };
-                self.loops[i].hiccups.pending = Some(Pending { woken_at, sample });
+                self.loops[i].hiccups.pending = Some(Pending {
+                    woken_at,
+                    sample,
+                    taken_at: now,
+                });
             }
             ProbeReading::Answered {
                 woken_at,
@@ -132,7 +146,7 @@ impl Monitor {
         woken_at: u64,
         lag: u64,
         now: u64,
-    ) -> Option<(u64, ThreadStack)> {
+    ) -> Option<LoopSample> {
         self.warn?;
         let w = &mut self.loops[i];
         let pending = w
@@ -143,7 +157,10 @@ impl Monitor {
         w.hiccups.recorded = Some(woken_at);
         let sample = pending.sample.clone();
         self.record_hiccup(i, woken_at, lag, pending.sample, true, now);
-        sample.map(|s| (woken_at.saturating_add(self.warn.unwrap_or(0)), s))
+        sample.map(|stack| LoopSample {
+            at: pending.taken_at,
+            stack,
+        })
     }
 
     /// Records one hiccup: the log of hiccups, the metrics, the log lines.
@@ -161,7 +178,10 @@ impl Monitor {
             .iter()
             .any(|g| g.to > woken_at && g.from < woken_at.saturating_add(lag));
         let cause = HiccupCause::of(sample.as_ref(), paused);
-        let culprit = sample.as_ref().and_then(culprit_of);
+        let (culprit, stack) = match &sample {
+            Some(s) => self.diag.culprit_of(s),
+            None => (None, Vec::new()),
+        };
         let name = self.loops[i].name.clone();
         let hiccup = Hiccup {
             runtime: name.clone(),
@@ -170,7 +190,7 @@ impl Monitor {
             cause: cause.clone(),
             culprit: culprit.clone(),
             caught_live: sample.is_some(),
-            stack: sample.map(|s| s.frames).unwrap_or_default(),
+            stack,
             grew_into_stall,
         };
         let label = self.hiccup_log.lock().record(i, hiccup);

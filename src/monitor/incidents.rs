@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use super::Monitor;
+use super::{guard_diag, Monitor};
 use crate::clock::{self, micros, us};
 use crate::diagnostics::IncidentContext;
 use crate::health::Transition;
@@ -80,7 +80,12 @@ impl Monitor {
                         incident.probe_stalled = true;
                         let stuck = self.stuck_workers(i, now);
                         self.update_withholding(i, now);
-                        let outcome = self.diag.causes_changed(i, &stuck, true, now);
+                        let outcome = guard_diag(
+                            &mut self.diag,
+                            &self.metrics,
+                            &mut self.internal_errors,
+                            |d| d.causes_changed(i, &stuck, true, now),
+                        );
                         self.after_report(&outcome);
                     }
                     None => self.open(i, OpenedBy::Probe, track.started_at, track.max_lag, now),
@@ -138,7 +143,12 @@ impl Monitor {
                         .incident
                         .as_ref()
                         .is_some_and(|c| c.probe_stalled);
-                    let outcome = self.diag.causes_changed(i, &stuck, probe, now);
+                    let outcome = guard_diag(
+                        &mut self.diag,
+                        &self.metrics,
+                        &mut self.internal_errors,
+                        |d| d.causes_changed(i, &stuck, probe, now),
+                    );
                     self.after_report(&outcome);
                 } else {
                     let opened_by = OpenedBy::Worker {
@@ -172,7 +182,12 @@ impl Monitor {
                         .incident
                         .as_ref()
                         .is_some_and(|c| c.probe_stalled);
-                    let outcome = self.diag.causes_changed(i, &stuck, probe, now);
+                    let outcome = guard_diag(
+                        &mut self.diag,
+                        &self.metrics,
+                        &mut self.internal_errors,
+                        |d| d.causes_changed(i, &stuck, probe, now),
+                    );
                     self.after_report(&outcome);
                 }
                 self.update_withholding(i, now);
@@ -262,10 +277,16 @@ impl Monitor {
             handle: &w.handle,
             deadline,
             prior_sample,
+            prior_from_hiccup: false,
             hiccups,
             top_blockers,
         };
-        let outcome = self.diag.incident_started(ctx);
+        let outcome = guard_diag(
+            &mut self.diag,
+            &self.metrics,
+            &mut self.internal_errors,
+            |d| d.incident_started(ctx),
+        );
         if let Some(kind) = outcome.verdict {
             self.metrics.stall_classified(i, kind.as_str());
         }
@@ -313,7 +334,12 @@ impl Monitor {
         let name = self.loops[i].name.clone();
         let duration = ended_at.saturating_sub(incident.started_at);
         self.metrics.stall_ended(i, us(duration));
-        let outcome = self.diag.incident_ended(i, duration, ended_at);
+        let outcome = guard_diag(
+            &mut self.diag,
+            &self.metrics,
+            &mut self.internal_errors,
+            |d| d.incident_ended(i, duration, ended_at),
+        );
         let report = outcome.report.or(incident.report);
         let event = match incident.opened_by {
             OpenedBy::Probe => {

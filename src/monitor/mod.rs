@@ -67,6 +67,32 @@ pub(crate) const MAX_PANICS: usize = 3;
 /// The window over which panics are counted, µs (one minute).
 const PANIC_WINDOW: u64 = 60_000_000;
 
+/// Runs one diagnostics step, catching a panic: logged with its message,
+/// counted (`loopwatch_internal_errors_total{part="diagnostics"}`), and the
+/// step's default result returned, so the rest of the tick (pings, the
+/// other runtimes) goes on.
+pub(crate) fn guard_diag<T: Default>(
+    diag: &mut Diagnostics,
+    metrics: &Metrics,
+    internal_errors: &mut u64,
+    step: impl FnOnce(&mut Diagnostics) -> T,
+) -> T {
+    match catch_unwind(AssertUnwindSafe(|| step(diag))) {
+        Ok(v) => v,
+        Err(payload) => {
+            *internal_errors += 1;
+            metrics.internal_error("diagnostics");
+            tracing::error!(
+                panic = %panic_message(payload.as_ref()),
+                internal_errors = *internal_errors,
+                "loopwatch's diagnostics panicked (a loopwatch bug); this report may be \
+                 incomplete, watching goes on"
+            );
+            T::default()
+        }
+    }
+}
+
 /// The message a panic carried, or a placeholder.
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
@@ -361,7 +387,12 @@ impl Monitor {
         for (i, t) in ended {
             self.on_transition(i, t, now);
         }
-        self.diag.flush_storms(now);
+        guard_diag(
+            &mut self.diag,
+            &self.metrics,
+            &mut self.internal_errors,
+            |d| d.flush_storms(now),
+        );
         self.publish(now);
     }
 
@@ -414,7 +445,13 @@ impl Monitor {
         for i in 0..self.loops.len() {
             self.update_withholding(i, now);
         }
-        for outcome in self.diag.tick(now) {
+        let outcomes = guard_diag(
+            &mut self.diag,
+            &self.metrics,
+            &mut self.internal_errors,
+            |d| d.tick(now),
+        );
+        for outcome in outcomes {
             self.after_report(&outcome);
         }
         self.maybe_ping(now);

@@ -16,6 +16,7 @@
 //! [`verdict`](crate::verdict)'s job, writing files
 //! [`report_store`](crate::report_store)'s.
 
+mod layout;
 mod offline;
 mod read;
 mod text;
@@ -101,6 +102,26 @@ pub struct StallReport {
     /// The runtime's top blockers by hiccup time since start.
     #[serde(default)]
     pub top_blockers: Vec<crate::hiccups::Blocker>,
+    /// Looks at the loop thread alone (one signal each) besides the full
+    /// captures: the hiccup's or the presample's before detection, then a
+    /// few between the captures. The verdict rests on them too.
+    #[serde(default)]
+    pub loop_looks: Vec<LoopLook>,
+}
+
+/// A look at the loop thread alone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoopLook {
+    /// Why it was taken: `hiccup` (the block was still a hiccup),
+    /// `presample` (at half the stall threshold), `sample` (between the
+    /// captures).
+    pub reason: String,
+    /// When (RFC 3339).
+    pub at: String,
+    /// The thread's state letter and name, e.g. `R (running)`.
+    pub state: Option<String>,
+    /// The innermost own-code function on its stack, if any.
+    pub culprit: Option<String>,
 }
 
 /// A later stall coalesced into a report.
@@ -202,7 +223,11 @@ pub struct ThreadGroup {
     pub wchan: Option<String>,
     /// CPU time used by the group between the two samples (seconds).
     pub cpu_seconds: Option<f64>,
-    /// The stack, innermost first.
+    /// Why the stack is incomplete, when it is: cut at `max_stack_bytes`,
+    /// at the frame limit, or not unwound past some frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut: Option<String>,
+    /// The stack, innermost first; each frame says whose code it is.
     pub frames: Vec<ReportFrame>,
 }
 
@@ -319,6 +344,7 @@ impl StallReport {
             coalesced_stalls: 0,
             hiccups: Vec::new(),
             top_blockers: Vec::new(),
+            loop_looks: Vec::new(),
         }
     }
 }

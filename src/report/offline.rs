@@ -13,8 +13,9 @@ use std::collections::HashMap;
 
 use super::{ReportFrame, StallReport, ThreadGroup};
 use crate::error::Error;
-use crate::stacks::Frame;
-use crate::verdict::{application_frames, enclosing_function, Culprit};
+use crate::origin::OwnCode;
+use crate::stacks::{Frame, ThreadStack};
+use crate::verdict::{Culprit, Reading};
 
 impl StallReport {
     /// Names the frames of the binary whose GNU build id is `build_id`
@@ -101,34 +102,58 @@ impl StallReport {
         Ok(named)
     }
 
-    /// Finds the culprit on the culprit's (or the first loop) thread group.
+    /// Sorts every frame into own code, dependency or runtime again, and
+    /// finds the culprit on the culprit's (or the first loop) thread group,
+    /// with what the named stacks and the executable's name tell of the
+    /// application's own crates.
     fn find_culprit_again(&mut self) {
+        let stacks: Vec<ThreadStack> = self.threads.iter().map(as_thread_stack).collect();
+        let executable = self.process.executable.as_deref();
+        let mut own = OwnCode::new(&[], executable.map(|e| e.rsplit('/').next().unwrap_or(e)));
+        own.learn(&stacks);
+        for group in &mut self.threads {
+            for f in &mut group.frames {
+                f.frame.origin = own.origin(&f.frame);
+            }
+        }
         let tid = self.culprit.as_ref().map(|c| c.tid);
-        let group = self
+        let Some(index) = self
             .threads
             .iter()
-            .find(|g| tid.is_some_and(|t| g.tids.contains(&t)))
-            .or_else(|| self.threads.iter().find(|g| g.loop_thread));
-        let Some(group) = group else {
+            .position(|g| tid.is_some_and(|t| g.tids.contains(&t)))
+            .or_else(|| self.threads.iter().position(|g| g.loop_thread))
+        else {
             return;
         };
-        let frames: Vec<Frame> = group.frames.iter().map(|f| f.frame.clone()).collect();
-        let app = application_frames(&frames);
-        let Some(first) = app.first() else {
+        let reading = Reading::new(&stacks[index], &own, None);
+        let (Some(c), Some(function)) = (reading.culprit, reading.culprit_function()) else {
             return;
         };
-        let Some(function) = first.function.as_deref().map(enclosing_function) else {
-            return;
-        };
+        let group = &self.threads[index];
         let tid = tid.or(group.tids.first().copied()).unwrap_or(0);
+        let first = &reading.frames[c];
         self.culprit = Some(Culprit {
             tid,
             thread: thread_name(group, tid),
             function,
             file: first.file.clone(),
             line: first.line,
-            frames: app,
+            frames: reading.own_frames(8),
+            stuck_in: reading.stuck_in().cloned(),
         });
+    }
+}
+
+/// A report's thread group as a captured thread, for the verdict's reading.
+fn as_thread_stack(group: &ThreadGroup) -> ThreadStack {
+    ThreadStack {
+        tid: group.tids.first().copied().unwrap_or(0),
+        facts: None,
+        outcome: group.outcome,
+        detail: None,
+        registers: None,
+        stack_bytes: 0,
+        frames: group.frames.iter().map(|f| f.frame.clone()).collect(),
     }
 }
 
@@ -197,6 +222,7 @@ mod tests {
             syscall: None,
             wchan: None,
             cpu_seconds: None,
+            cut: None,
             frames,
         }];
         r

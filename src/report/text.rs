@@ -1,21 +1,41 @@
 //! The report as text: the full file for humans and the compact form for
 //! stderr.
 //!
-//! Lines are short enough for `journalctl`; long source paths of the
-//! standard library and registry crates are abbreviated (the JSON keeps
-//! them whole). This file only renders; it decides nothing.
+//! The full text opens with what the on-call engineer needs on one screen
+//! (verdict, culprit, the frame it was stuck in, times, evidence), then
+//! every thread group's stack. The compact form is that first screen only,
+//! at most about 25 lines, for stderr when no report file could be written.
+//! Line width, name and path shortening and the folding of runtime frames
+//! are [`super::layout`]'s. This file only renders; it decides nothing.
 
 use std::fmt::Write as _;
+use std::path::Path;
 use std::time::Duration;
 
-use super::{ReportFrame, StallReport};
+use super::layout::{fit, frame_line, workspace_root, write_frames, write_wrapped, WIDTH};
+use super::StallReport;
+use crate::origin::names;
+use crate::stacks::Origin;
 use crate::status::human;
 
-/// A unicode sparkline of lags.
+/// Lines of the verdict's summary the compact form shows.
+const COMPACT_SUMMARY: usize = 3;
+/// Lines of evidence the compact form shows.
+const COMPACT_EVIDENCE: usize = 6;
+/// Own-code frames the compact form shows.
+const COMPACT_FRAMES: usize = 6;
+
+/// A unicode sparkline of lags, at most `WIDTH - 4` bars (the largest lag
+/// of each span of probes when there are more).
 pub(crate) fn sparkline(values: &[f64]) -> String {
     const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-    let max = values.iter().copied().fold(0.0_f64, f64::max);
-    values
+    let per_bar = values.len().div_ceil(WIDTH - 4).max(1);
+    let pooled: Vec<f64> = values
+        .chunks(per_bar)
+        .map(|c| c.iter().copied().fold(0.0_f64, f64::max))
+        .collect();
+    let max = pooled.iter().copied().fold(0.0_f64, f64::max);
+    pooled
         .iter()
         .map(|v| {
             if max <= 0.0 {
@@ -31,13 +51,37 @@ fn secs(v: f64) -> String {
     human(Duration::from_secs_f64(v.max(0.0)))
 }
 
+fn origin_word(o: Option<Origin>) -> &'static str {
+    match o {
+        Some(Origin::Own) => "your code",
+        Some(Origin::Dependency) => "a dependency",
+        Some(Origin::Runtime) => "the runtime",
+        None => "no symbols",
+    }
+}
+
 impl StallReport {
-    /// One line: verdict, culprit, duration.
+    /// One line: verdict, culprit (and the dependency it was stuck in),
+    /// duration.
     pub fn summary(&self) -> String {
         let culprit = self
             .culprit
             .as_ref()
-            .map(|c| format!(", culprit {}", c.function))
+            .map(|c| {
+                let inside = c
+                    .stuck_in
+                    .as_ref()
+                    .filter(|s| s.origin == Some(Origin::Dependency))
+                    .and_then(|s| s.function.as_deref())
+                    .map(|f| {
+                        format!(
+                            " (stuck in {})",
+                            names::elide_generics(&names::enclosing_function(f))
+                        )
+                    })
+                    .unwrap_or_default();
+                format!(", culprit {}{inside}", names::elide_generics(&c.function))
+            })
             .unwrap_or_default();
         let how_long = match self.duration_seconds {
             Some(d) => format!("recovered after {}", secs(d)),
@@ -49,19 +93,147 @@ impl StallReport {
         )
     }
 
-    /// The compact form: header, verdict, culprit, the stuck thread's stack.
+    /// The compact form for stderr, when no report directory is set: the
+    /// verdict, the culprit and the frame it was stuck in, the evidence,
+    /// the loop thread's own-code frames; at most about 25 lines.
     pub fn to_compact_text(&self) -> String {
+        self.to_compact_text_for(None)
+    }
+
+    /// The compact form, saying that the full report could not be written
+    /// to `dir` (or, with `None`, that no report directory is set).
+    ///
+    /// ```
+    /// # fn show(report: &loopwatch::StallReport) {
+    /// eprint!("{}", report.to_compact_text_for(Some(std::path::Path::new("/var/lib/app/loopwatch"))));
+    /// # }
+    /// ```
+    pub fn to_compact_text_for(&self, dir: Option<&Path>) -> String {
+        let root = workspace_root(self);
+        let root = root.as_deref();
         let mut s = String::new();
-        self.write_head(&mut s);
-        if let Some(g) = self.threads.iter().find(|g| g.loop_thread) {
-            let _ = writeln!(s, "loop thread stack:");
-            write_frames(&mut s, &g.frames, 24);
+        let title = format!(
+            "loopwatch stall report {}: event loop {:?} {} — verdict: {}",
+            self.id,
+            self.runtime,
+            if self.recovered {
+                "RECOVERED"
+            } else {
+                "STALLED"
+            },
+            self.verdict.kind,
+        );
+        let _ = writeln!(s, "{}", fit(&title, WIDTH));
+        write_wrapped(
+            &mut s,
+            "  ",
+            "  ",
+            &names::elide_generics(&self.verdict.summary),
+            COMPACT_SUMMARY,
+        );
+        self.write_culprit(&mut s, root);
+        let _ = writeln!(s, "{}", fit(&self.how_long(), WIDTH));
+        if !self.verdict.evidence.is_empty() {
+            let _ = writeln!(s, "evidence:");
+            for e in self.verdict.evidence.iter().take(COMPACT_EVIDENCE) {
+                let _ = writeln!(
+                    s,
+                    "{}",
+                    fit(&format!("  - {}", names::elide_generics(e)), WIDTH)
+                );
+            }
+            if self.verdict.evidence.len() > COMPACT_EVIDENCE {
+                let _ = writeln!(
+                    s,
+                    "  - … {} more",
+                    self.verdict.evidence.len() - COMPACT_EVIDENCE
+                );
+            }
         }
+        if let Some(g) = self.threads.iter().find(|g| g.loop_thread) {
+            // Own frames inside the stuck poll when there is a culprit
+            // (`main` outside it says nothing), else every own frame.
+            let in_poll = |f: &crate::stacks::Frame| {
+                self.culprit.as_ref().is_none_or(|c| {
+                    c.frames
+                        .iter()
+                        .any(|x| x.ip == f.ip && x.function == f.function)
+                })
+            };
+            let own: Vec<_> = g
+                .frames
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.frame.origin == Some(Origin::Own) && in_poll(&f.frame))
+                .collect();
+            if own.is_empty() {
+                let _ = writeln!(s, "loop thread: no frame of your code on its stack");
+            } else {
+                let _ = writeln!(s, "your code on the loop thread, innermost first:");
+                for (i, f) in own.iter().take(COMPACT_FRAMES) {
+                    let prefix = format!("  {}>{i:>4}: ", if f.stuck { '*' } else { ' ' });
+                    let _ = writeln!(s, "{}", frame_line(&prefix, &f.frame, root));
+                }
+                if own.len() > COMPACT_FRAMES {
+                    let _ = writeln!(s, "       … {} more", own.len() - COMPACT_FRAMES);
+                }
+            }
+            if let Some(cut) = &g.cut {
+                let _ = writeln!(s, "{}", fit(&format!("  ({cut})"), WIDTH));
+            }
+        }
+        let whereto = match dir {
+            Some(d) => format!(
+                "full report: could not be written to {}; this is the short form",
+                d.display()
+            ),
+            None => "full report: not written (no report directory: set Builder::report_dir, or \
+                     StateDirectory= under systemd)"
+                .to_string(),
+        };
+        let _ = writeln!(s, "{}", fit(&whereto, WIDTH));
         s
     }
 
-    fn write_head(&self, s: &mut String) {
-        let title = format!("loopwatch stall report {}", self.id);
+    /// `culprit: …` and `stuck in: …` lines.
+    fn write_culprit(&self, s: &mut String, root: Option<&str>) {
+        match &self.culprit {
+            Some(c) => {
+                let thread = format!(" (thread {} {:?})", c.tid, c.thread);
+                let frame = crate::stacks::Frame {
+                    function: Some(c.function.clone()),
+                    file: c.file.clone(),
+                    line: c.line,
+                    ..crate::stacks::Frame::default()
+                };
+                let line = frame_line("culprit: ", &frame, root);
+                let _ = writeln!(s, "{}", fit(&format!("{line}{thread}"), WIDTH));
+                if let Some(st) = &c.stuck_in {
+                    let prefix = format!("stuck in ({}): ", origin_word(st.origin));
+                    let _ = writeln!(s, "{}", frame_line(&prefix, st, root));
+                }
+            }
+            None => {
+                let _ = writeln!(s, "culprit: none found in your code");
+            }
+        }
+    }
+
+    fn how_long(&self) -> String {
+        let how_long = match self.duration_seconds {
+            Some(d) => format!("recovered after {}", secs(d)),
+            None => format!("stalled for {} so far", secs(self.stalled_for_seconds)),
+        };
+        format!(
+            "{how_long}; lag {} > threshold {} at detection ({})",
+            secs(self.lag_at_detection_seconds),
+            secs(self.thresholds.stall_threshold_seconds),
+            self.times.detected
+        )
+    }
+
+    fn write_head(&self, s: &mut String, root: Option<&str>) {
+        let title = fit(&format!("loopwatch stall report {}", self.id), WIDTH);
         let _ = writeln!(s, "{title}\n{}", "=".repeat(title.chars().count()));
         let _ = writeln!(
             s,
@@ -74,24 +246,14 @@ impl StallReport {
             },
             self.verdict.kind
         );
-        let _ = writeln!(s, "  {}", self.verdict.summary);
-        match &self.culprit {
-            Some(c) => {
-                let loc = match (&c.file, c.line) {
-                    (Some(f), Some(l)) => format!(" at {f}:{l}"),
-                    (Some(f), None) => format!(" in {f}"),
-                    _ => String::new(),
-                };
-                let _ = writeln!(
-                    s,
-                    "culprit: {}{loc} (thread {} {:?})",
-                    c.function, c.tid, c.thread
-                );
-            }
-            None => {
-                let _ = writeln!(s, "culprit: none found in application code");
-            }
-        }
+        write_wrapped(
+            s,
+            "  ",
+            "  ",
+            &names::elide_generics(&self.verdict.summary),
+            usize::MAX,
+        );
+        self.write_culprit(s, root);
         let t = &self.times;
         let th = &self.thresholds;
         let _ = writeln!(s);
@@ -126,13 +288,12 @@ impl StallReport {
         }
         let _ = writeln!(s, "\nevidence:");
         for e in &self.verdict.evidence {
-            let _ = writeln!(s, "  - {e}");
+            write_wrapped(s, "  - ", "    ", &names::elide_generics(e), usize::MAX);
         }
         if !self.stuck_workers.is_empty() {
             let _ = writeln!(s, "\nstuck workers:");
             for w in &self.stuck_workers {
-                let _ = writeln!(
-                    s,
+                let line = format!(
                     "  - worker {} (thread {} {:?}) stuck for {}{}",
                     w.worker,
                     w.tids
@@ -147,14 +308,18 @@ impl StallReport {
                         .map(|t| format!(", polling task {} spawned at {}", t.id, t.spawned_at))
                         .unwrap_or_default()
                 );
+                let _ = writeln!(s, "{}", fit(&line, WIDTH));
             }
         }
     }
 
-    /// The full human-readable report.
+    /// The full human-readable report. No line is wider than 160
+    /// characters; the JSON keeps every name and path whole.
     pub fn to_text(&self) -> String {
+        let root = workspace_root(self);
+        let root = root.as_deref();
         let mut s = String::new();
-        self.write_head(&mut s);
+        self.write_head(&mut s, root);
         if !self.timeline.is_empty() {
             let lags: Vec<f64> = self.timeline.iter().map(|l| l.lag_seconds).collect();
             let max = lags.iter().copied().fold(0.0, f64::max);
@@ -171,12 +336,14 @@ impl StallReport {
         let total: usize = self.threads.iter().map(|g| g.count).sum();
         let _ = writeln!(
             s,
-            "\nthreads: {total} in {} groups of identical stacks (* = frame did not move between captures)",
+            "\nthreads: {total} in {} groups of identical stacks (> = your code, * = did not move between captures)",
             self.threads.len()
         );
+        if let Some(r) = root {
+            let _ = writeln!(s, "{}", fit(&format!("paths relative to {r}"), WIDTH));
+        }
         for g in &self.threads {
-            let _ = writeln!(
-                s,
+            let head = format!(
                 "\n{}{} thread(s) {}: tids {}",
                 if g.loop_thread { "[event loop] " } else { "" },
                 g.count,
@@ -192,6 +359,7 @@ impl StallReport {
                     .collect::<Vec<_>>()
                     .join(",")
             );
+            let _ = writeln!(s, "{}", fit(&head, WIDTH + 1));
             let mut facts = vec![format!("capture {:?}", g.outcome).to_lowercase()];
             if let Some(st) = &g.state {
                 facts.push(format!("state {st}"));
@@ -205,8 +373,8 @@ impl StallReport {
             if let Some(c) = g.cpu_seconds {
                 facts.push(format!("cpu {c:.3} s"));
             }
-            let _ = writeln!(s, "  {}", facts.join(", "));
-            write_frames(&mut s, &g.frames, 48);
+            let _ = writeln!(s, "{}", fit(&format!("  {}", facts.join(", ")), WIDTH));
+            write_frames(&mut s, &g.frames, g.cut.as_deref(), root, 48);
         }
         if let Some(m) = &self.runtime_metrics {
             let _ = writeln!(
@@ -225,8 +393,7 @@ impl StallReport {
             }
         }
         let p = &self.process;
-        let _ = writeln!(
-            s,
+        let process = format!(
             "\nprocess: pid {}{}, {} threads, RSS {:.1} MiB, up {}, executable {}, build id {}",
             p.pid,
             p.host
@@ -239,6 +406,7 @@ impl StallReport {
             p.executable.as_deref().unwrap_or("?"),
             p.build_id.as_deref().unwrap_or("?")
         );
+        let _ = writeln!(s, "{}", fit(&process, WIDTH + 1));
         let _ = writeln!(
             s,
             "settings: threshold {}, probe every {}, watchdog {}, deadline margin {}",
@@ -250,8 +418,7 @@ impl StallReport {
             secs(self.thresholds.deadline_margin_seconds)
         );
         for c in &self.captures {
-            let _ = writeln!(
-                s,
+            let line = format!(
                 "capture ({}) at {}: {} threads, {} unresponsive, signals {}, unwind+symbols {}",
                 c.reason,
                 c.at,
@@ -260,83 +427,20 @@ impl StallReport {
                 secs(c.signal_seconds),
                 secs(c.unwind_symbolize_seconds)
             );
+            let _ = writeln!(s, "{}", fit(&line, WIDTH));
         }
         for n in &self.notes {
-            let _ = writeln!(s, "note: {n}");
+            write_wrapped(&mut s, "note: ", "      ", n, usize::MAX);
         }
         if !self.metrics.is_empty() {
             let _ = writeln!(s, "\nmetrics at the time of writing:");
             for l in self.metrics.lines().filter(|l| !l.starts_with('#')) {
-                let _ = writeln!(s, "  {l}");
+                let _ = writeln!(s, "{}", fit(&format!("  {l}"), WIDTH));
             }
         }
         s
     }
 }
 
-/// A source path made short for reading: the standard library's and
-/// registry crates' long prefixes are abbreviated (the JSON keeps them).
-fn short_path(p: &str) -> String {
-    if let Some((_, rest)) = p.split_once("/library/") {
-        if p.starts_with("/rustc/") {
-            return format!("<rust>/{rest}");
-        }
-    }
-    if let Some((_, rest)) = p.split_once("/registry/src/") {
-        if let Some((_, krate)) = rest.split_once('/') {
-            return format!("<cargo>/{krate}");
-        }
-    }
-    p.to_string()
-}
-
-fn write_frames(s: &mut String, frames: &[ReportFrame], max: usize) {
-    for (i, f) in frames.iter().take(max).enumerate() {
-        let fr = &f.frame;
-        let name = fr
-            .function
-            .clone()
-            .unwrap_or_else(|| format!("{:#x}", fr.ip));
-        let loc = match (&fr.file, fr.line) {
-            (Some(file), Some(line)) => format!(" at {}:{line}", short_path(file)),
-            _ => fr
-                .module
-                .as_ref()
-                .map(|m| format!(" ({m})"))
-                .unwrap_or_default(),
-        };
-        let _ = writeln!(
-            s,
-            "  {}{i:>3}: {}{name}{loc}",
-            if f.stuck { "*" } else { " " },
-            if fr.inlined { "(inlined) " } else { "" }
-        );
-    }
-    if frames.len() > max {
-        let _ = writeln!(s, "       ... {} more frames", frames.len() - max);
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn long_paths_are_shortened_in_text() {
-        assert_eq!(
-            short_path("/rustc/5980/library/std/src/thread/mod.rs"),
-            "<rust>/std/src/thread/mod.rs"
-        );
-        assert_eq!(
-            short_path("/root/.cargo/registry/src/index.crates.io-1949/tokio-1.54.1/src/lib.rs"),
-            "<cargo>/tokio-1.54.1/src/lib.rs"
-        );
-        assert_eq!(short_path("/work/app/src/main.rs"), "/work/app/src/main.rs");
-    }
-
-    #[test]
-    fn sparkline_scales_to_the_max() {
-        assert_eq!(sparkline(&[0.0, 1.0, 0.5]), "▁█▅");
-        assert_eq!(sparkline(&[0.0, 0.0]), "▁▁");
-    }
-}
+mod tests;

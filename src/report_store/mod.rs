@@ -256,7 +256,7 @@ impl ReportStore {
         }
         let Some(dir) = self.dir.as_mut() else {
             let text = report.to_compact_text();
-            self.stderr.print(now, &report.id, "", &text, false);
+            self.stderr.print(now, &report.id, "", &text, true);
             return Saved::StderrOnly;
         };
         let path = dir.path().to_path_buf();
@@ -278,8 +278,13 @@ impl ReportStore {
                 report.id,
                 path.display()
             );
-            self.stderr
-                .print(now, &report.id, &headline, &report.to_compact_text(), true);
+            self.stderr.print(
+                now,
+                &report.id,
+                &headline,
+                &report.to_compact_text_for(Some(&path)),
+                true,
+            );
             return Saved::Dropped;
         }
         let written = match dir.fd() {
@@ -344,8 +349,13 @@ impl ReportStore {
                     "loopwatch: could not write stall report to {}: {e}\n",
                     path.display()
                 );
-                self.stderr
-                    .print(now, &report.id, &headline, &report.to_compact_text(), true);
+                self.stderr.print(
+                    now,
+                    &report.id,
+                    &headline,
+                    &report.to_compact_text_for(Some(&path)),
+                    true,
+                );
                 Saved::Failed
             }
         }

@@ -36,8 +36,8 @@
 //! * [`capture`]: what a capture returns ([`Capture`], [`ThreadStack`],
 //!   [`CaptureOutcome`], [`Registers`](capture::Registers), the bound
 //!   [`MAX_FRAMES`](capture::MAX_FRAMES));
-//! * [`frame`]: one stack [`Frame`], and whether it is the application's
-//!   code or runtime plumbing;
+//! * [`frame`]: one stack [`Frame`] (whose code it is, is decided by the
+//!   `origin` module);
 //! * [`config`]: [`CaptureConfig`], its defaults and accepted ranges;
 //! * [`sampler`]: [`StackSampler`], the public handle;
 //! * [`sequence`]: the capture sequence a sampler runs on the monitor

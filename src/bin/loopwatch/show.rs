@@ -75,13 +75,17 @@ pub fn write(report: &StallReport, color: bool, out: &mut dyn Write) -> io::Resu
     Ok(())
 }
 
-/// A stack line (`  *  4: demo::stall_sleep at …`) of the culprit
+/// A stack line (`  *>   4: demo::stall_sleep at …`) of the culprit
 /// function or one of its closures.
 fn is_frame_of(line: &str, culprit: Option<&str>) -> bool {
     let Some(culprit) = culprit else {
         return false;
     };
-    let rest = line.trim_start().trim_start_matches('*').trim_start();
+    // Markers before the index: `*` did not move, `>` the application's code.
+    let rest = line
+        .trim_start()
+        .trim_start_matches(['*', '>'])
+        .trim_start();
     let Some((index, name)) = rest.split_once(": ") else {
         return false;
     };
@@ -111,6 +115,10 @@ mod tests {
             c
         ));
         assert!(is_frame_of("  * 12: (inlined) demo::stall_sleep at /x", c));
+        assert!(is_frame_of(
+            "  *>   4: demo::stall_sleep at examples/demo.rs:439",
+            c
+        ));
         assert!(!is_frame_of("     5: demo::stall_sleeper at /x", c));
         assert!(!is_frame_of("culprit: demo::stall_sleep at /x", c));
         assert!(!is_frame_of("  *  4: demo::stall_sleep", None));
