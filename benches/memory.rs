@@ -1,4 +1,5 @@
-//! Target 7: resident memory of the monitor watching 2 runtimes.
+//! Target 7 and issue 12: resident memory of the monitor watching 2
+//! runtimes, and of stack capture while idle, during a report and after.
 //!
 //! Each measurement runs in a fresh child process (this binary re-run with
 //! `LOOPWATCH_BENCH_CHILD=<mode>`), so that nothing else the bench did is
@@ -10,20 +11,35 @@
 //! * `monitor`: a Watchdog watching both runtimes, stack capture off, no
 //!   report files: the monitor thread, the probes, the state and metrics;
 //! * `capture`: the same with stack capture on (the default): adds the
-//!   signal handler, the module list, the stack arena and the symbolizer
-//!   warmed at start (debug info loaded, first capture cached), then one
-//!   real stall (a capture, a report to stderr): the symbolizer cache;
+//!   signal handler and nothing else while idle (target: ≤ 2 MiB over
+//!   `monitor`); then one real stall (captures, the DWARF pass, a report
+//!   to stderr): its peak (`VmHWM`, reset through `/proc/self/clear_refs`
+//!   just before) and what stays a second after it ended (the module list
+//!   and unwinder, the bounded DWARF answers, the allocator's leftovers);
 //! * `exporter`: `monitor` plus the `/metrics` exporter thread and one scrape;
 //! * `backtrace`: no loopwatch at all, only `backtrace::resolve` of the
 //!   calling thread's stack, for scale: the part of the symbolizer cache
 //!   that is backtrace's own (its gimli/addr2line caches);
 //! * `seed`: the seed's heartbeat task in the current_thread runtime.
+//!
+//! A second table runs the demo as a user would ship it, as a separate
+//! process sampled from outside: the release build of this repository
+//! (`debug = "line-tables-only"`) and the same demo built with Cargo's
+//! default release profile (no debug info, symbol table kept), each with a
+//! 2 s blocking stall: idle RSS, the peak during the report above idle
+//! (target ≤ 20 MiB for the demo), and RSS a second after the report
+//! (target: within 2 MiB of idle). The default-profile build is made once
+//! with `cargo build --release --example demo --config profile.release.debug=0`
+//! into `$CARGO_TARGET_DIR/default-profile` (or taken from
+//! `LOOPWATCH_BENCH_DEFAULT_DEMO`). Whether Debian's `libc6-dbg` is
+//! installed is printed: run the bench with and without it.
 
 mod common;
 
 use std::io::{Read, Write};
-use std::process::Command;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -59,6 +75,13 @@ fn scrape(addr: std::net::SocketAddr) -> usize {
 }
 
 fn child(mode: &str) {
+    if let Ok(filter) = std::env::var("LOOPWATCH_BENCH_TRACE") {
+        // What loopwatch logs, to stderr (e.g. LOOPWATCH_BENCH_TRACE=loopwatch=debug).
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mt = multi_thread(2);
     let ct = DrivenRuntime::current_thread("bench-ct");
     warm_runtime(mt.handle());
@@ -119,15 +142,18 @@ fn child(mode: &str) {
     std::thread::sleep(SETTLE);
     let (settled2, settled2_file) = rss_split_kib();
     let mut after_stall = (settled2, settled2_file);
+    let mut peak = 0;
     if mode == "capture" {
         let _quiet = QuietStderr::to(&scratch_dir().join("memory-stderr.log"));
-        let times = spawn_block(&ct.handle, Duration::from_millis(600), BlockKind::Sleep);
+        reset_peak("self");
+        let times = spawn_block(&ct.handle, Duration::from_millis(1500), BlockKind::Sleep);
         times.wait_ended();
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_secs(1));
         after_stall = rss_split_kib();
+        peak = status_kib("self", "VmHWM:").unwrap_or(0);
     }
     println!(
-        "RSS {before} {started} {settled} {settled2} {} {before_file} {settled2_file} {}",
+        "RSS {before} {started} {settled} {settled2} {} {before_file} {settled2_file} {} {peak}",
         after_stall.0, after_stall.1
     );
     if let Some(w) = wd {
@@ -138,17 +164,187 @@ fn child(mode: &str) {
     }
 }
 
+/// A field of `/proc/<pid>/status`, in KiB.
+fn status_kib(pid: &str, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Resets the peak RSS (`VmHWM`) of a process (Linux ≥ 4.0).
+fn reset_peak(pid: &str) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// Whether glibc's separate debug file (Debian's `libc6-dbg`) is installed.
+fn libc_debug_installed() -> bool {
+    let out = Command::new("readelf")
+        .args(["-n", "/lib/x86_64-linux-gnu/libc.so.6"])
+        .output();
+    let Ok(out) = out else { return false };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(id) = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .map(str::trim)
+    else {
+        return false;
+    };
+    Path::new(&format!(
+        "/usr/lib/debug/.build-id/{}/{}.debug",
+        &id[..2],
+        &id[2..]
+    ))
+    .exists()
+}
+
+/// The target directory this bench runs from (target/release/deps/<bench>).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors().nth(3).unwrap().to_path_buf()
+}
+
+/// Builds the demo with `cargo build --release --example demo` and extra
+/// arguments into `target`; returns its path.
+fn build_demo(target: &Path, extra: &[&str]) -> Option<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--example", "demo", "--manifest-path"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+        .args(extra)
+        .env("CARGO_TARGET_DIR", target)
+        .stdout(Stdio::null())
+        .status()
+        .ok()?;
+    let demo = target.join("release/examples/demo");
+    (status.success() && demo.is_file()).then_some(demo)
+}
+
+/// (idle, peak, one second after the report) RSS in KiB of the demo at
+/// `bin` with a 2 s blocking stall.
+fn demo_run(bin: &Path) -> Option<(u64, u64, u64)> {
+    let dir = tempfile::tempdir().ok()?;
+    let mut child = Command::new(bin)
+        .args([
+            "--stall-after",
+            "3",
+            "--stall-kind",
+            "sleep",
+            "--stall-for",
+            "2",
+            "--threshold-ms",
+            "300",
+            "--exit-after",
+            "8",
+            "--report-dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let pid = child.id().to_string();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(2500));
+    let idle = status_kib(&pid, "VmRSS:")?;
+    reset_peak(&pid);
+    // Stall at 3 s, 2 s long: over at ~5 s; the report's last write follows.
+    while t0.elapsed() < Duration::from_millis(6000) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let after = status_kib(&pid, "VmRSS:")?;
+    let peak = status_kib(&pid, "VmHWM:")?;
+    let _ = child.wait();
+    let reports = std::fs::read_dir(dir.path()).ok()?.count();
+    (reports >= 2).then_some((idle, peak, after))
+}
+
+fn demo_table(runs: usize) {
+    let target = target_dir();
+    let mut binaries: Vec<(String, Option<PathBuf>)> = Vec::new();
+    binaries.push((
+        "demo, release profile of this repo (line tables)".into(),
+        build_demo(&target, &[]),
+    ));
+    let default_demo = std::env::var_os("LOOPWATCH_BENCH_DEFAULT_DEMO")
+        .map(PathBuf::from)
+        .or_else(|| {
+            build_demo(
+                &target.join("default-profile"),
+                &["--config", "profile.release.debug=0"],
+            )
+        });
+    binaries.push((
+        "demo, Cargo's default release profile (symbol table only)".into(),
+        default_demo,
+    ));
+    let mut t = Table::new(
+        &format!(
+            "the demo as shipped, sampled from outside (KiB, median of {runs} runs); libc6-dbg              installed: {}; targets: peak <= idle + 20 MiB, after <= idle + 2 MiB",
+            if libc_debug_installed() { "yes" } else { "no" }
+        ),
+        &[
+            "binary",
+            "size (MiB)",
+            "runs",
+            "idle RSS",
+            "peak during the report",
+            "peak - idle",
+            "1 s after the report",
+            "after - idle",
+            "target",
+        ],
+    );
+    for (name, bin) in binaries {
+        let Some(bin) = bin else {
+            eprintln!("{name}: could not build it; row skipped");
+            continue;
+        };
+        let v: Vec<(u64, u64, u64)> = (0..runs).filter_map(|_| demo_run(&bin)).collect();
+        if v.is_empty() {
+            eprintln!("{name}: no run produced a report");
+            continue;
+        }
+        let col =
+            |f: &dyn Fn(&(u64, u64, u64)) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
+        let idle = col(&|r| r.0 as f64);
+        let peak = col(&|r| r.1 as f64);
+        let after = col(&|r| r.2 as f64);
+        let up = col(&|r| r.1 as f64 - r.0 as f64);
+        let left = col(&|r| r.2 as f64 - r.0 as f64);
+        let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0) as f64 / 1048576.0;
+        t.row(vec![
+            name,
+            f(size, 1),
+            v.len().to_string(),
+            f(idle, 0),
+            f(peak, 0),
+            f(up, 0),
+            f(after, 0),
+            f(left, 0),
+            verdict(up <= 20.0 * 1024.0 && left <= 2048.0),
+        ]);
+    }
+    t.print();
+}
+
 fn main() {
     if let Ok(mode) = std::env::var("LOOPWATCH_BENCH_CHILD") {
         child(&mode);
         return;
     }
-    heading("resident memory (target 7)");
+    heading("resident memory (target 7, issue 12)");
     let exe = std::env::current_exe().unwrap();
     let runs = pick(3, 1);
     let mut t = Table::new(
         "RSS growth (KiB) over a process with 2 runtimes; median of fresh child processes; \
-         target: monitor <= 2048 KiB",
+         targets: monitor <= 2048 KiB; capture <= 2048 KiB while idle, <= 2048 KiB over that 1 s \
+         after a stall",
         &[
             "mode",
             "runs",
@@ -156,7 +352,8 @@ fn main() {
             "+ at start",
             "+ after 3 s",
             "+ after 6 s",
-            "+ after a stall",
+            "peak during the stall's report (above baseline)",
+            "+ 1 s after a stall",
             "of which file-backed (after 6 s / after stall)",
             "target",
         ],
@@ -193,6 +390,11 @@ fn main() {
             f(col(2), 0),
             f(col(3), 0),
             if mode == "capture" {
+                f(col(8), 0)
+            } else {
+                "-".into()
+            },
+            if mode == "capture" {
                 f(col(4), 0)
             } else {
                 "-".into()
@@ -205,12 +407,15 @@ fn main() {
                     f(file(6), 0)
                 }
             },
-            if mode == "monitor" {
-                verdict(growth <= 2048.0)
-            } else {
-                "(reported)".into()
+            match mode {
+                "monitor" => verdict(growth <= 2048.0),
+                "capture" => verdict(growth <= 2048.0 && col(4) - col(3) <= 2048.0),
+                _ => "(reported)".into(),
             },
         ]);
     }
     t.print();
+    if full_run() {
+        demo_table(3);
+    }
 }

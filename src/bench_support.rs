@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::clock;
 use crate::probe::{self, ProbeReading, ProbeShared};
 use crate::report::StallReport;
-use crate::stacks::{CaptureConfig, CaptureOutcome, StackSampler};
+use crate::stacks::{CaptureConfig, CaptureOutcome, NotCaptured, StackSampler};
 
 pub use crate::report_store::{
     Pin, ReportStore, Saved, DEFAULT_MAX_REPORT_BYTES_PER_HOUR, MAX_PINNED, STALE_TEMP_AGE,
@@ -71,6 +71,23 @@ pub struct CaptureTimes {
     pub symbolize: Duration,
 }
 
+/// One thread of a capture, as the budget tests and benches see it.
+#[derive(Debug, Clone)]
+pub struct ThreadOutcome {
+    /// Kernel thread id.
+    pub tid: i32,
+    /// What happened to it.
+    pub outcome: CaptureOutcome,
+    /// Why it was not captured.
+    pub not_captured: Option<NotCaptured>,
+    /// Its `/proc` state letter, when read.
+    pub state: Option<char>,
+    /// Its kernel stack, when read.
+    pub kernel_stack: Vec<String>,
+    /// Frames captured.
+    pub frames: usize,
+}
+
 /// The stack sampler, on its own.
 pub struct CaptureBench(StackSampler);
 
@@ -78,6 +95,66 @@ impl CaptureBench {
     /// A sampler with the default configuration.
     pub fn new() -> crate::Result<Self> {
         Ok(CaptureBench(StackSampler::new(CaptureConfig::default())?))
+    }
+
+    /// Captures `tids` within `budget`: the wall time it took and each
+    /// thread's outcome.
+    pub fn capture_within(&self, tids: &[i32], budget: Duration) -> (Duration, Vec<ThreadOutcome>) {
+        let started = Instant::now();
+        let c = self.0.capture_within(tids, budget);
+        let took = started.elapsed();
+        let threads = c
+            .threads
+            .into_iter()
+            .map(|t| ThreadOutcome {
+                tid: t.tid,
+                outcome: t.outcome,
+                not_captured: t.not_captured,
+                state: t.facts.as_ref().map(|f| f.state),
+                kernel_stack: t.kernel_stack,
+                frames: t.frames.len(),
+            })
+            .collect();
+        (took, threads)
+    }
+
+    /// One capture of one thread, as a stall's extra samples take it: the
+    /// wall time of the capture (signal, copy, unwind, symbol-table names).
+    pub fn capture_one(&self, tid: i32) -> (Duration, CaptureTimes) {
+        let started = Instant::now();
+        let c = self.0.capture_within(&[tid], Duration::from_millis(50));
+        let took = started.elapsed();
+        (
+            took,
+            CaptureTimes {
+                threads: c.threads.len(),
+                captured: c
+                    .threads
+                    .iter()
+                    .filter(|t| t.outcome == CaptureOutcome::Captured)
+                    .count(),
+                signal: c.signal_duration,
+                unwind: c.unwind_duration,
+                symbolize: c.symbolize_duration,
+            },
+        )
+    }
+
+    /// Captures every thread of the process, for a symbolization bench.
+    pub fn capture_for_symbols(&self) -> Captured {
+        Captured(self.0.capture_all())
+    }
+
+    /// The DWARF pass over `captured`, as the diagnostics run it after the
+    /// first report: its wall time and whether it ran out of `budget`.
+    pub fn symbolize(&self, captured: &mut Captured, budget: Duration) -> (Duration, bool) {
+        let done = self.0.symbolize(&mut captured.0.threads, budget);
+        (done.took, done.ran_out_of_time)
+    }
+
+    /// Drops symbolization state and returns the freed heap to the OS.
+    pub fn release(&self) {
+        self.0.release();
     }
 
     /// Captures every thread of the process.
@@ -94,6 +171,47 @@ impl CaptureBench {
             unwind: c.unwind_duration,
             symbolize: c.symbolize_duration,
         }
+    }
+}
+
+/// A capture held for a symbolization bench.
+pub struct Captured(crate::stacks::Capture);
+
+impl Captured {
+    /// Every frame's address and whether it is a return address (all but
+    /// the first of each thread), for another symbolizer to resolve.
+    pub fn addresses(&self) -> Vec<(u64, bool)> {
+        self.0
+            .threads
+            .iter()
+            .flat_map(|t| {
+                t.frames
+                    .iter()
+                    .filter(|f| !f.inlined)
+                    .enumerate()
+                    .map(|(i, f)| (f.ip, i > 0))
+            })
+            .collect()
+    }
+
+    /// Physical frames (inlined ones not counted) with a function name.
+    pub fn frames_named(&self) -> usize {
+        self.0
+            .threads
+            .iter()
+            .flat_map(|t| &t.frames)
+            .filter(|f| !f.inlined && f.function.is_some())
+            .count()
+    }
+
+    /// Frames named from DWARF (files and lines) so far.
+    pub fn frames_with_lines(&self) -> usize {
+        self.0
+            .threads
+            .iter()
+            .flat_map(|t| &t.frames)
+            .filter(|f| f.line.is_some())
+            .count()
     }
 }
 

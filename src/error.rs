@@ -164,6 +164,15 @@ pub enum Error {
     /// Preparing stack capture failed (signal handler, module list).
     #[error("stack capture setup failed: {0}")]
     Capture(String),
+    /// A debug file given to [`symbolize_offset`](crate::symbolize_offset)
+    /// could not be opened or parsed.
+    #[error("debug file {path}: {reason}")]
+    DebugInfo {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// `Result` with loopwatch's [`Error`].

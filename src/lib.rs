@@ -90,7 +90,9 @@ pub use report_store::DEFAULT_KEEP_REPORTS;
 pub use settings::{
     DEFAULT_PROBE_INTERVAL, DEFAULT_STALL_THRESHOLD, MAX_DURATION_SETTING, MIN_STALL_THRESHOLD,
 };
-pub use stacks::{CaptureOutcome, Frame, Origin, SymbolSource};
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub use stacks::symbolize_offset;
+pub use stacks::{CaptureOutcome, Frame, NotCaptured, Origin, SymbolSource};
 pub use status::{LoopState, RuntimeStatus, StallEvent, Status};
 pub use verdict::{Culprit, Verdict, VerdictKind};
 pub use watchdog::Watchdog;

@@ -92,6 +92,10 @@ impl Watchdog {
             // One diagnostics slot per runtime for probe stalls, one for worker stalls.
             runtimes.len() * 2,
         )?;
+        if settings.diagnostics.capture.is_some() {
+            // One line on what reports will name (section headers only).
+            crate::stacks::log_executable_coverage();
+        }
         let registry = registry.unwrap_or_default();
         let metrics = Arc::new(Metrics::new(&registry, &runtimes, settings.threshold)?);
         diag.metrics = Some(metrics.clone());

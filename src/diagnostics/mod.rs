@@ -54,7 +54,7 @@ use crate::report::{
 };
 use crate::report_store::{Pin, ReportStore, Saved};
 use crate::settings::{DiagnosticsConfig, Settings};
-use crate::stacks::{Capture, CaptureOutcome, StackSampler, ThreadStack};
+use crate::stacks::{Capture, CaptureOutcome, NotCaptured, StackSampler, ThreadStack};
 use crate::status::human;
 use crate::verdict::{decide, Evidence, LoopSample, Reading, VerdictKind};
 use assemble::{new_report, NewReport};
@@ -101,6 +101,9 @@ pub(crate) struct IncidentContext<'a> {
     pub poller: Option<i32>,
     /// The runtime's worker threads the hooks know of.
     pub hook_threads: Vec<i32>,
+    /// The hooks, when the runtime is watched with them (for poll counts
+    /// under `tokio_unstable`).
+    pub hooks: Option<crate::hooks::RuntimeHooks>,
     /// How long the monitor itself was not scheduled during the stall.
     pub monitor_gap: Duration,
     pub handle: &'a tokio::runtime::Handle,
@@ -134,6 +137,9 @@ struct ActiveStall {
     probe_stalled: bool,
     loop_tids: Vec<i32>,
     poller: Option<i32>,
+    /// The hooks and the poller's polls begun at detection, to count the
+    /// polls it completed during the stall (`tokio_unstable`).
+    polls: Option<(crate::hooks::RuntimeHooks, u64)>,
     monitor_gap: Duration,
     lag: Duration,
     queue_depth: Option<usize>,
@@ -245,30 +251,6 @@ impl Diagnostics {
         })
     }
 
-    /// Warms the unwinder and symbolizer by capturing this process once, on
-    /// a short-lived thread of its own, so that the first real capture does
-    /// not pay for loading debug info (hundreds of ms for a debug binary)
-    /// and the monitor starts watching at once.
-    pub(crate) fn warm_up(&self) {
-        let Some(s) = self.sampler.clone() else {
-            return;
-        };
-        let spawned = std::thread::Builder::new()
-            .name("loopwatch-warmup".into())
-            .spawn(move || {
-                let t0 = clock::now_us();
-                let c = s.capture_all();
-                tracing::debug!(
-                    threads = c.threads.len(),
-                    took = %human(us(clock::now_us() - t0)),
-                    "loopwatch symbolizer warmed"
-                );
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "loopwatch could not warm its symbolizer; the first report will be slower");
-        }
-    }
-
     /// The report directory, if reports go to files.
     pub(crate) fn report_dir(&self) -> Option<&std::path::Path> {
         self.store.dir()
@@ -318,14 +300,12 @@ impl Diagnostics {
             None => Capture {
                 threads: tids
                     .iter()
-                    .map(|&tid| ThreadStack {
-                        tid,
-                        facts: procfs::read_thread(tid),
-                        outcome: CaptureOutcome::Failed,
-                        detail: Some("stack capture is off".into()),
-                        registers: None,
-                        stack_bytes: 0,
-                        frames: Vec::new(),
+                    .map(|&tid| {
+                        ThreadStack::not_captured(
+                            tid,
+                            procfs::read_thread(tid),
+                            NotCaptured::CaptureOff,
+                        )
                     })
                     .collect(),
                 signal_duration: Duration::ZERO,
@@ -438,7 +418,6 @@ impl Diagnostics {
             None => configured,
         };
         let done = sampler.symbolize(threads, budget);
-        sampler.release();
         if done.ran_out_of_time {
             notes.push(format!(
                 "symbolization ran out of its {} budget: some frames show symbol-table names or addresses only",
@@ -641,6 +620,10 @@ impl Diagnostics {
             probe_stalled: ctx.probe_stalled,
             loop_tids,
             poller: ctx.poller,
+            polls: ctx.hooks.clone().and_then(|h| {
+                let begun = h.polls_begun(ctx.poller?)?;
+                Some((h, begun))
+            }),
             monitor_gap: ctx.monitor_gap,
             lag,
             queue_depth: Some(rm.global_queue_depth),
@@ -746,7 +729,9 @@ impl Diagnostics {
             deadlock: stall.deadlock.clone(),
             stuck_workers: stuck_now,
             samples: &stall.samples,
-            polls_during_stall: None,
+            polls_during_stall: stall.polls.as_ref().and_then(|(h, at_detection)| {
+                Some(h.polls_begun(stall.poller?)?.saturating_sub(*at_detection))
+            }),
             own: self.own.clone(),
             max_stack_bytes: self.max_stack_bytes(),
         };
@@ -939,11 +924,22 @@ impl Diagnostics {
         if !self.symbolize_now(stall) {
             return None;
         }
-        let path = self.write(stall)?;
+        let path = self.write(stall);
+        // After the last write of this version: the report's own buffers
+        // are freed too.
+        self.release_symbols();
         Some(Outcome {
-            report: Some(path),
+            report: path,
             ..Outcome::default()
         })
+    }
+
+    /// Drops the sampler's symbolization state and returns the freed heap
+    /// to the OS: after the last write of a report version.
+    fn release_symbols(&self) {
+        if let Some(sampler) = &self.sampler {
+            sampler.release();
+        }
     }
 
     /// Runs a pending DWARF pass and decides again; false when none was
@@ -978,7 +974,10 @@ impl Diagnostics {
         } else {
             "still-stalled"
         };
-        let (second, info) = self.capture(reason, &stall.loop_tids.clone(), stall.deadline);
+        let (mut second, info) = self.capture(reason, &stall.loop_tids.clone(), stall.deadline);
+        // Names the first capture's DWARF pass found, so that this version
+        // does not compare DWARF names with symbol-table names.
+        crate::stacks::carry_names(&stall.first, &mut second);
         self.own.learn(&second);
         let at = clock::now_us();
         stall.report.captures.extend(info);
@@ -1033,6 +1032,7 @@ impl Diagnostics {
                 }
                 update_durations(&mut stall, ended_at);
                 let path = self.write(&mut stall);
+                self.release_symbols();
                 self.to_journal(&journal::stall_entry(&stall.report, path.as_deref()));
                 tracing::warn!(
                     runtime = %stall.report.runtime,

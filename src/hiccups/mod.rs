@@ -28,7 +28,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::stacks::{Frame, ThreadStack};
-pub(crate) use aggregate::LogAggregator;
+pub(crate) use aggregate::{LogAggregator, Suppressed};
 
 /// Hiccups kept by default for [`Watchdog::hiccups`](crate::Watchdog::hiccups).
 pub const DEFAULT_KEEP_HICCUPS: usize = 64;

@@ -21,11 +21,13 @@
 //! * [`runtime_hooks`]: the public [`RuntimeHooks`], its hook methods and
 //!   the registry of runtime threads;
 //! * [`slot`]: what one runtime thread publishes for the monitor, and the
-//!   thread-local through which its hooks find it;
+//!   thread-locals through which its hooks find it (a `const` one without
+//!   a destructor for the per-poll hooks);
 //! * `worker_index` (stable tokio only): how a worker thread learns which
 //!   worker index it runs, from its park/unpark hooks;
-//! * `poll`, `spawn_location` (`tokio_unstable` only) and `task_id`: the
-//!   per-poll state, the interned spawn locations, and a task id read as a
+//! * `poll`, `poll_pool`, `spawn_location` (`tokio_unstable` only) and
+//!   `task_id`: the per-poll state, the bounded pool of `'static` cells it
+//!   lives in, the interned spawn locations, and a task id read as a
 //!   number.
 //!
 //! The monitor side:
@@ -45,6 +47,8 @@
 mod attribution;
 #[cfg(tokio_unstable)]
 mod poll;
+#[cfg(tokio_unstable)]
+mod poll_pool;
 mod runtime_hooks;
 mod slot;
 #[cfg(tokio_unstable)]

@@ -4,9 +4,10 @@
 //! index into one process-wide table of write-once cells, so the hot path
 //! stores a number and the monitor reads the location back without a lock.
 //! This module owns that table, [`LOCATIONS`]: inserting into it and
-//! reading it back. It does not own the per-thread cache of the last
-//! location seen (`Local::location_index`, in [`super::slot`]) nor where
-//! the index is published ([`super::poll`]).
+//! reading it back. It does not own the per-thread cache of the last two
+//! locations seen (`Polling`, in [`super::slot`]), through which the hot
+//! path usually skips this table, nor where the index is published
+//! ([`super::poll`]).
 
 use std::panic::Location;
 use std::sync::OnceLock;

@@ -28,8 +28,9 @@
 //! id and spawn location. A worker thread that is awake and whose sequence
 //! has not moved for longer than `T` is stuck: inside one poll (odd; the
 //! task is named) or outside any (even; then its metrics must be frozen
-//! too). The hot path is three relaxed stores, two fences that are free on
-//! x86, and no clock read: the monitor does the timing when it samples.
+//! too). The hooks only move the sequence and store the task (see
+//! `super::poll` for exactly what they do): no clock read, the monitor
+//! does the timing when it samples.
 //!
 //! # Which thread is it
 //!
@@ -54,6 +55,12 @@
 //!   (descheduled on an overloaded machine, waiting on a page fault) is
 //!   reported too: the tasks queued on it did wait that long.
 //! * One `RuntimeHooks` serves one runtime.
+//! * With `tokio_unstable`, the poll hooks publish into the calling
+//!   thread's slot whichever `RuntimeHooks` registered it. A task that
+//!   drives another runtime with hooks inside `block_in_place` therefore
+//!   has its poll closed by the inner runtime's last poll: if it blocks
+//!   after `block_in_place` returns, in the same poll, its worker is still
+//!   reported stuck, but without naming the task.
 
 use std::fmt;
 use std::sync::Arc;

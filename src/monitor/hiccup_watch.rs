@@ -15,7 +15,7 @@
 
 use super::{guard_diag, Monitor};
 use crate::clock::us;
-use crate::hiccups::{Hiccup, HiccupCause, LogAggregator};
+use crate::hiccups::{Hiccup, HiccupCause, LogAggregator, Suppressed};
 use crate::probe::ProbeReading;
 use crate::report::wall;
 use crate::stacks::ThreadStack;
@@ -196,15 +196,7 @@ impl Monitor {
         let label = self.hiccup_log.lock().record(i, hiccup);
         self.metrics.hiccup(i, us(lag), &label);
         let (summaries, say) = self.loops[i].hiccups.log.note(&label, lag, now);
-        for (c, s) in summaries {
-            tracing::info!(
-                runtime = %name,
-                culprit = %c,
-                "event loop {name:?}: {} more blocks like it in {c} in the last minute (longest {})",
-                s.count,
-                human(us(s.longest))
-            );
-        }
+        say_held_back(&name, summaries);
         if say {
             let place = culprit.map(|c| format!(" in {c}")).unwrap_or_default();
             tracing::info!(
@@ -224,16 +216,8 @@ impl Monitor {
             if self.loops[i].hiccups.log.due().is_none_or(|d| now < d) {
                 continue;
             }
-            let name = self.loops[i].name.clone();
-            for (c, s) in self.loops[i].hiccups.log.roll(now) {
-                tracing::info!(
-                    runtime = %name,
-                    culprit = %c,
-                    "event loop {name:?}: {} more blocks like it in {c} in the last minute (longest {})",
-                    s.count,
-                    human(us(s.longest))
-                );
-            }
+            let held_back = self.loops[i].hiccups.log.roll(now);
+            say_held_back(&self.loops[i].name, held_back);
         }
     }
 
@@ -254,5 +238,18 @@ impl Monitor {
             }
             _ => w.hiccups.log.due(),
         }
+    }
+}
+
+/// One log line per culprit whose hiccups the last minute held back.
+fn say_held_back(name: &str, held_back: Vec<(String, Suppressed)>) {
+    for (c, s) in held_back {
+        tracing::info!(
+            runtime = %name,
+            culprit = %c,
+            "event loop {name:?}: {} more blocks like it in {c} in the last minute (longest {})",
+            s.count,
+            human(us(s.longest))
+        );
     }
 }

@@ -78,15 +78,8 @@ impl Monitor {
                 match &mut self.loops[i].incident {
                     Some(incident) => {
                         incident.probe_stalled = true;
-                        let stuck = self.stuck_workers(i, now);
                         self.update_withholding(i, now);
-                        let outcome = guard_diag(
-                            &mut self.diag,
-                            &self.metrics,
-                            &mut self.internal_errors,
-                            |d| d.causes_changed(i, &stuck, true, now),
-                        );
-                        self.after_report(&outcome);
+                        self.causes_changed(i, now);
                     }
                     None => self.open(i, OpenedBy::Probe, track.started_at, track.max_lag, now),
                 }
@@ -138,18 +131,7 @@ impl Monitor {
                     self.worker_limit_text()
                 );
                 if self.loops[i].incident.is_some() {
-                    let stuck = self.stuck_workers(i, now);
-                    let probe = self.loops[i]
-                        .incident
-                        .as_ref()
-                        .is_some_and(|c| c.probe_stalled);
-                    let outcome = guard_diag(
-                        &mut self.diag,
-                        &self.metrics,
-                        &mut self.internal_errors,
-                        |d| d.causes_changed(i, &stuck, probe, now),
-                    );
-                    self.after_report(&outcome);
+                    self.causes_changed(i, now);
                 } else {
                     let opened_by = OpenedBy::Worker {
                         worker: stuck.worker,
@@ -177,23 +159,29 @@ impl Monitor {
                     .as_ref()
                     .is_some_and(WorkerWatch::any_stuck);
                 if still_stuck {
-                    let stuck = self.stuck_workers(i, now);
-                    let probe = self.loops[i]
-                        .incident
-                        .as_ref()
-                        .is_some_and(|c| c.probe_stalled);
-                    let outcome = guard_diag(
-                        &mut self.diag,
-                        &self.metrics,
-                        &mut self.internal_errors,
-                        |d| d.causes_changed(i, &stuck, probe, now),
-                    );
-                    self.after_report(&outcome);
+                    self.causes_changed(i, now);
                 }
                 self.update_withholding(i, now);
                 self.close_if_over(i, ended_at);
             }
         }
+    }
+
+    /// Runtime `i`'s incident has other causes now: the diagnostics decide
+    /// again with the stuck workers and the probe as they are at `now`.
+    fn causes_changed(&mut self, i: usize, now: u64) {
+        let stuck = self.stuck_workers(i, now);
+        let probe = self.loops[i]
+            .incident
+            .as_ref()
+            .is_some_and(|c| c.probe_stalled);
+        let outcome = guard_diag(
+            &mut self.diag,
+            &self.metrics,
+            &mut self.internal_errors,
+            |d| d.causes_changed(i, &stuck, probe, now),
+        );
+        self.after_report(&outcome);
     }
 
     /// The worker-stuck limit as words, for messages.
@@ -273,6 +261,7 @@ impl Monitor {
                 .as_ref()
                 .map(|h| h.worker_threads())
                 .unwrap_or_default(),
+            hooks: w.hooks.clone(),
             monitor_gap,
             handle: &w.handle,
             deadline,

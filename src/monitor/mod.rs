@@ -243,7 +243,6 @@ impl Monitor {
     /// ([`give_up`](Self::give_up)). With `panic = "abort"` there is nothing
     /// to catch: the process ends, which systemd also sees.
     pub(crate) fn run(mut self) {
-        self.diag.warm_up();
         let mut planned = clock::now_us();
         let mut panics: VecDeque<u64> = VecDeque::with_capacity(MAX_PANICS);
         while !self.shared.stop.load(Ordering::Acquire) {

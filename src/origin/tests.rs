@@ -256,6 +256,8 @@ fn the_main_crate_and_workspace_are_learned_from_stacks() {
             frame(Some("std::rt::lang_start::{{closure}}"), None, "server-bin"),
             frame(Some("main"), None, "server-bin"),
         ],
+        not_captured: None,
+        kernel_stack: Vec::new(),
     };
     let worker = ThreadStack {
         tid: 2,

@@ -29,7 +29,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::procfs::ProcessFacts;
-use crate::stacks::{CaptureOutcome, Frame};
+use crate::stacks::{CaptureOutcome, Frame, NotCaptured};
 use crate::verdict::{Culprit, Verdict, VerdictKind};
 
 /// The version of the report's JSON format that this loopwatch writes.
@@ -215,6 +215,13 @@ pub struct ThreadGroup {
     pub loop_thread: bool,
     /// Capture outcome.
     pub outcome: CaptureOutcome,
+    /// Why the group's stack was not captured, when it was not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_captured: Option<NotCaptured>,
+    /// The kernel stack of a thread not signalled because it sleeps in the
+    /// kernel or is stopped (innermost first), where readable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_stack: Vec<String>,
     /// Kernel state letter and name, e.g. `S (sleeping)`.
     pub state: Option<String>,
     /// Current system call, if any.

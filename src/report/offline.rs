@@ -6,8 +6,8 @@
 //! of one build by what a resolver names at their offsets (inlined
 //! functions included) and finds the culprit again from the named stack,
 //! with the same rule the live verdict uses. It does not read debug files
-//! (the resolver does: `loopwatch::symbolize_offset` in the
-//! `loopwatch symbolize` command) nor write the result.
+//! (the resolver does: [`symbolize_offset`](crate::symbolize_offset) in
+//! the `loopwatch symbolize` command) nor write the result.
 
 use std::collections::HashMap;
 
@@ -46,9 +46,7 @@ impl StallReport {
     /// let build_id = report.process.build_id.clone().unwrap_or_default();
     /// let debug = Path::new("/usr/lib/debug/my-daemon.debug");
     /// let named = report.symbolize_frames(&build_id, |offset, is_return| {
-    ///     // SYMBOLIZE-OFFSET-AFTER-MERGE
-    ///     let _ = (debug, offset, is_return);
-    ///     Ok(Vec::new())
+    ///     loopwatch::symbolize_offset(debug, offset, is_return)
     /// })?;
     /// println!("{named} frames named; culprit {:?}", report.culprit.map(|c| c.function));
     /// # Ok(()) }
@@ -150,6 +148,8 @@ fn as_thread_stack(group: &ThreadGroup) -> ThreadStack {
         tid: group.tids.first().copied().unwrap_or(0),
         facts: None,
         outcome: group.outcome,
+        not_captured: None,
+        kernel_stack: Vec::new(),
         detail: None,
         registers: None,
         stack_bytes: 0,
@@ -223,6 +223,8 @@ mod tests {
             wchan: None,
             cpu_seconds: None,
             cut: None,
+            not_captured: None,
+            kernel_stack: Vec::new(),
             frames,
         }];
         r

@@ -361,6 +361,9 @@ impl StallReport {
             );
             let _ = writeln!(s, "{}", fit(&head, WIDTH + 1));
             let mut facts = vec![format!("capture {:?}", g.outcome).to_lowercase()];
+            if let Some(why) = g.not_captured {
+                facts.push(format!("not captured: {}", why.describe()));
+            }
             if let Some(st) = &g.state {
                 facts.push(format!("state {st}"));
             }
@@ -374,6 +377,9 @@ impl StallReport {
                 facts.push(format!("cpu {c:.3} s"));
             }
             let _ = writeln!(s, "{}", fit(&format!("  {}", facts.join(", ")), WIDTH));
+            for k in g.kernel_stack.iter().take(16) {
+                let _ = writeln!(s, "{}", fit(&format!("    [kernel] {k}"), WIDTH));
+            }
             write_frames(&mut s, &g.frames, g.cut.as_deref(), root, 48);
         }
         if let Some(m) = &self.runtime_metrics {

@@ -21,7 +21,7 @@ const FRAME_LIMIT: usize = 256;
 /// The key that makes two stacks "identical".
 fn stack_key(t: &ThreadStack) -> (String, Vec<String>) {
     (
-        format!("{:?}", t.outcome),
+        format!("{:?} {:?}", t.outcome, t.not_captured),
         t.frames
             .iter()
             .map(|f| f.function.clone().unwrap_or_else(|| format!("{:#x}", f.ip)))
@@ -114,6 +114,8 @@ pub(crate) fn group_threads(
                 names,
                 loop_thread: ts.iter().any(|t| loop_tids.contains(&t.tid)),
                 outcome: rep.outcome,
+                not_captured: rep.not_captured,
+                kernel_stack: rep.kernel_stack.clone(),
                 state: facts.map(|f| format!("{} ({})", f.state, f.state_name)),
                 syscall: facts.and_then(|f| f.syscall.as_ref()).map(|s| {
                     s.name
@@ -196,6 +198,8 @@ mod tests {
             registers: None,
             stack_bytes: bytes,
             frames: vec![Frame::default(); frames],
+            not_captured: None,
+            kernel_stack: Vec::new(),
         };
         assert_eq!(
             cut_reason(&t(128 * 1024, 40), Some(128 * 1024)).as_deref(),

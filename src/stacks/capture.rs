@@ -1,10 +1,10 @@
 //! What a capture returns: the stacks of a set of threads.
 //!
 //! This module owns the public data of a capture ([`Capture`],
-//! [`ThreadStack`], [`CaptureOutcome`], [`Registers`]), its bound on frames
-//! per thread, and how it serializes (durations as fractional seconds). It
-//! does not take captures ([`super::StackSampler`] does) nor classify
-//! frames ([`super::frame`]).
+//! [`ThreadStack`], [`CaptureOutcome`], [`NotCaptured`], [`Registers`]),
+//! its bound on frames per thread, and how it serializes (durations as
+//! fractional seconds). It does not take captures ([`super::StackSampler`]
+//! does) nor classify frames ([`super::frame`]).
 
 use std::time::Duration;
 
@@ -31,7 +31,9 @@ pub struct Capture {
     /// Time spent unwinding the copies.
     #[serde(with = "crate::clock::secs_f64")]
     pub unwind_duration: Duration,
-    /// Time spent turning addresses into functions, files and lines.
+    /// Time spent naming frames from the modules' symbol tables (the
+    /// DWARF pass, [`StackSampler::symbolize`](super::StackSampler::symbolize),
+    /// comes later and is timed on its own).
     #[serde(with = "crate::clock::secs_f64")]
     pub symbolize_duration: Duration,
 }
@@ -46,10 +48,20 @@ pub struct ThreadStack {
     pub facts: Option<ThreadFacts>,
     /// What happened when the thread was asked for its stack.
     pub outcome: CaptureOutcome,
+    /// Why the thread's stack was not captured (`None` when it was, and for
+    /// the monitor thread itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_captured: Option<NotCaptured>,
     /// Why the outcome is not [`CaptureOutcome::Captured`], or why the stack
-    /// is incomplete.
+    /// is incomplete, in words.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The thread's kernel stack (`/proc/self/task/TID/stack`, innermost
+    /// first), for a thread that was not signalled because it sleeps in the
+    /// kernel (`D`) or is stopped; empty when not read or not readable
+    /// (the file needs `CAP_SYS_ADMIN`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_stack: Vec<String>,
     /// Registers of the interrupted code, when captured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub registers: Option<Registers>,
@@ -74,8 +86,97 @@ pub enum CaptureOutcome {
     Exited,
     /// The thread doing the capture (the monitor); not interrupted.
     Monitor,
+    /// Not asked: the capture's time budget was used up before this thread,
+    /// the application replaced the capture handler, or capture is off
+    /// (the thread's `not_captured` says which).
+    Skipped,
     /// Capture failed for another reason, given in the thread's `detail`.
     Failed,
+}
+
+/// Why a thread's stack is not in a capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum NotCaptured {
+    /// The thread blocks the capture signal (`SigBlk` in its `/proc`
+    /// status); not signalled.
+    SignalBlocked,
+    /// A capture signal sent earlier is still pending: the thread has not
+    /// run since; not signalled again.
+    SignalPending,
+    /// Signalled, but its handler did not run within the per-thread
+    /// timeout (or what was left of the budget).
+    NoAnswer,
+    /// In uninterruptible sleep (`D`): it could not run the handler until
+    /// the kernel lets it go; not signalled. Its wait channel, system call
+    /// and kernel stack are the evidence.
+    UninterruptibleSleep,
+    /// Stopped (`T`) or stopped by a tracer (`t`); not signalled.
+    Stopped,
+    /// The capture's time budget was used up before this thread's turn.
+    BudgetUsedUp,
+    /// The application installed its own handler for the capture signal.
+    HandlerReplaced,
+    /// The thread exited before or during the capture.
+    Exited,
+    /// Stack capture is off (`Builder::no_stack_capture`).
+    CaptureOff,
+    /// The signal could not be sent or the handler could not copy the
+    /// stack; the thread's `detail` says why.
+    Failed,
+}
+
+impl NotCaptured {
+    /// The reason in a few words, for text reports.
+    pub fn describe(self) -> &'static str {
+        match self {
+            NotCaptured::SignalBlocked => "blocks the capture signal",
+            NotCaptured::SignalPending => "capture signal still pending",
+            NotCaptured::NoAnswer => "did not answer in time",
+            NotCaptured::UninterruptibleSleep => "in uninterruptible sleep (D)",
+            NotCaptured::Stopped => "stopped",
+            NotCaptured::BudgetUsedUp => "capture budget used up",
+            NotCaptured::HandlerReplaced => "the application replaced the capture handler",
+            NotCaptured::Exited => "exited",
+            NotCaptured::CaptureOff => "stack capture is off",
+            NotCaptured::Failed => "capture failed",
+        }
+    }
+
+    /// The outcome a thread not captured for this reason has.
+    pub fn outcome(self) -> CaptureOutcome {
+        match self {
+            NotCaptured::SignalBlocked
+            | NotCaptured::SignalPending
+            | NotCaptured::NoAnswer
+            | NotCaptured::UninterruptibleSleep
+            | NotCaptured::Stopped => CaptureOutcome::Unresponsive,
+            NotCaptured::BudgetUsedUp | NotCaptured::HandlerReplaced | NotCaptured::CaptureOff => {
+                CaptureOutcome::Skipped
+            }
+            NotCaptured::Exited => CaptureOutcome::Exited,
+            NotCaptured::Failed => CaptureOutcome::Failed,
+        }
+    }
+}
+
+impl ThreadStack {
+    /// A thread whose stack is not captured, for `reason`, with its `/proc`
+    /// facts.
+    pub fn not_captured(tid: i32, facts: Option<ThreadFacts>, reason: NotCaptured) -> Self {
+        ThreadStack {
+            tid,
+            facts,
+            outcome: reason.outcome(),
+            not_captured: Some(reason),
+            detail: None,
+            kernel_stack: Vec::new(),
+            registers: None,
+            stack_bytes: 0,
+            frames: Vec::new(),
+        }
+    }
 }
 
 /// Registers of interrupted code.

@@ -20,9 +20,18 @@
 //!    uninterruptible sleep, say) is reported the same way: the capture
 //!    never waits longer.
 //! 3. Still on the monitor thread, right after the copy: unwind it with
-//!    `framehop` from the modules' `.eh_frame` CFI ([`modules`]).
-//! 4. After all threads: symbolize with `backtrace::resolve`, cached per
-//!    address ([`symbols`]).
+//!    `framehop` from the modules' `.eh_frame` CFI ([`modules`]), then,
+//!    after the last thread, name every frame from the modules' symbol
+//!    tables ([`symtab`]): module, build id, offset and function name, no
+//!    file or line. The first report is written from this.
+//! 4. Separately, [`StackSampler::symbolize`]: files, lines and inlined
+//!    functions from DWARF ([`dwarf`]), within its own budget; then
+//!    [`StackSampler::release`] drops all of it.
+//!
+//! Nothing is loaded at start: [`StackSampler::new`] installs the signal
+//! handler and returns. What a capture keeps afterwards is the module list
+//! and unwinder (views of the modules' `.eh_frame`, not copies) and the
+//! stack buffer; symbolization state lives from a capture to its `release`.
 //!
 //! Side effect on the application: a thread interrupted inside a system
 //! call that is not restartable (`epoll_wait`, `poll`, `select`, ...) sees
@@ -34,47 +43,102 @@
 //! # Files
 //!
 //! * [`capture`]: what a capture returns ([`Capture`], [`ThreadStack`],
-//!   [`CaptureOutcome`], [`Registers`](capture::Registers), the bound
-//!   [`MAX_FRAMES`](capture::MAX_FRAMES));
+//!   [`CaptureOutcome`], [`NotCaptured`], [`Registers`](capture::Registers),
+//!   the bound [`MAX_FRAMES`](capture::MAX_FRAMES));
 //! * [`frame`]: one stack [`Frame`] (whose code it is, is decided by the
 //!   `origin` module);
 //! * [`config`]: [`CaptureConfig`], its defaults and accepted ranges;
 //! * [`sampler`]: [`StackSampler`], the public handle;
 //! * [`sequence`]: the capture sequence a sampler runs on the monitor
-//!   thread (prechecks, signalling, unwinding, symbolizing);
+//!   thread (prechecks, budget, signalling, unwinding, naming);
 //! * [`sys`]: the signal handler, its handshake with the monitor thread,
-//!   and every other `unsafe` block;
-//! * [`maps`], [`modules`], [`symbols`]: `/proc/self/maps`, the loaded ELF
-//!   modules and their unwinder, and the symbol cache.
+//!   and (in `sys/files.rs`) file views, `malloc_trim` and the vdso: every
+//!   `unsafe` block;
+//! * [`maps`], [`modules`]: `/proc/self/maps`, the loaded ELF modules and
+//!   their unwinder;
+//! * [`elf`], [`debugfile`]: what an ELF file's headers say, and where its
+//!   separate debug file is;
+//! * [`names`], [`symtab`], [`dwarf`], [`dwarf_file`]: demangling and
+//!   qualifying names, the symbol-table pass, the DWARF pass and reading
+//!   one file's DWARF for it;
+//! * [`offline`]: [`symbolize_offset`], a report's offset against a debug
+//!   file, after the fact; [`carry`]: one capture's DWARF names reused for
+//!   another capture of the same stall;
+//! * [`coverage`]: the start-up log line on what reports can name.
 //!
 //! Inside this directory imports go one way, never in a circle: `sampler`
-//! uses `sequence`, `capture` and `config`; `sequence` uses every other
-//! file but `sampler`; `capture` uses `frame`; `modules` uses `maps` and
-//! `sys`; `frame`, `config`, `maps`, `symbols` and `sys` use no sibling.
+//! uses `sequence`, `capture` and `config`; `sequence` uses `capture`,
+//! `config`, `dwarf`, `frame`, `maps`, `modules`, `symtab` and `sys`;
+//! `dwarf` uses `capture`, `debugfile`, `dwarf_file`, `elf`, `frame`,
+//! `modules` and `names` (and the `Symbolization` type of `sampler`);
+//! `dwarf_file` uses `names` and `sys`; `offline` uses `dwarf_file`,
+//! `frame`, `names` and `symtab`; `coverage` uses `debugfile`, `dwarf` and
+//! `elf`; `symtab` uses `debugfile`, `elf`, `modules` and `names`;
+//! `modules` uses `elf`, `maps` and `sys`; `debugfile` uses `elf`;
+//! `carry` uses `capture` and `frame`; `names` and `capture` use `frame`; `frame`, `config`, `elf`, `maps`
+//! and `sys` use no sibling.
 
 mod capture;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod carry;
 mod config;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod coverage;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod debugfile;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod dwarf;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod dwarf_file;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod elf;
 mod frame;
+#[cfg(all(test, target_os = "linux", target_arch = "x86_64"))]
+mod lifecycle_tests;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod maps;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod modules;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod names;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod offline;
 mod sampler;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod sequence;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-mod symbols;
+mod symtab;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod sys;
 #[cfg(all(test, target_os = "linux", target_arch = "x86_64"))]
 mod tests;
 
-pub use capture::{Capture, CaptureOutcome, ThreadStack};
+pub use capture::{Capture, CaptureOutcome, NotCaptured, ThreadStack};
 pub use config::CaptureConfig;
 pub use frame::{Frame, Origin, SymbolSource};
 pub use sampler::StackSampler;
 #[allow(unused_imports)] // the diagnostics read it through `symbolize`'s result
 pub use sampler::Symbolization;
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub use offline::symbolize_offset;
+
+/// Gives frames of `to` the DWARF names their twins in `from` (an earlier
+/// capture of the same stall, already symbolized) have: same build id,
+/// offset and kind of address. No debug information is read.
+pub(crate) fn carry_names(from: &[ThreadStack], to: &mut [ThreadStack]) {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    carry::carry_names(from, to);
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    let _ = (from, to);
+}
+
+/// Logs once what stall reports will be able to name for the main
+/// executable, and how to get more (reads section headers only).
+pub(crate) fn log_executable_coverage() {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    coverage::log_executable_coverage();
+}
 
 /// Kernel thread id of the calling thread (0 where unsupported).
 pub(crate) fn current_tid() -> i32 {

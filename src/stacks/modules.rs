@@ -1,32 +1,54 @@
 //! The loaded ELF modules and the `framehop` unwinder that walks copied stacks.
 //!
-//! Built once when a [`StackSampler`](super::StackSampler) is created, from
-//! the file-backed executable mappings of `/proc/self/maps` (plus the vdso,
-//! copied from memory). For each module, the `object` crate reads the
-//! section headers and copies `.eh_frame` and `.eh_frame_hdr` (the DWARF CFI
-//! the unwinder executes) and notes the addresses of `.text` and `.got`
-//! (which CFI pointer encodings are relative to). framehop does not read
-//! `.text` bytes for ELF (it only analyses instructions for Mach-O), so they
-//! are not copied. The list is refreshed only when an address falls outside
-//! every known module (a library loaded later with `dlopen`).
+//! Built at the first capture (never at start), from the file-backed
+//! executable mappings of `/proc/self/maps` (plus the vdso, copied from
+//! memory), and brought up to date at each capture: modules mapped since
+//! are added, unmapped ones dropped. For each module, [`ElfFacts`] reads
+//! the section headers; the unwinder then gets `.eh_frame` and
+//! `.eh_frame_hdr` (the DWARF CFI it executes) as read-only views of the
+//! file ([`sys::map_file_range`](super::sys::map_file_range)), not as heap
+//! copies: only the pages an unwind touches become resident, and they are
+//! the page cache's. The views are loopwatch's own mappings, so a library
+//! the application unloads with `dlclose` cannot pull them away mid-unwind.
+//! framehop does not read `.text` bytes for ELF (it only analyses
+//! instructions for Mach-O), so they are not mapped.
 //!
 //! The modules are deliberately not enumerated with `dl_iterate_phdr`: it
 //! takes the dynamic loader's lock, which a stuck thread inside `dlopen`
 //! could be holding.
 
 use std::fs;
-use std::ops::Range;
-use std::path::Path;
+use std::ops::{Deref, Range};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder};
-use object::{Object, ObjectSection, ObjectSegment};
 
+use super::elf::{ElfFacts, SectionPlace};
 use super::maps::Mapping;
 use super::sys::Regs;
 
 /// Page size of x86_64 Linux mappings.
 const PAGE: u64 = 4096;
+
+/// Modules of the C runtime and the kernel (file name prefixes): their
+/// symbol tables name their frames well enough, and their DWARF (Debian's
+/// `libc6-dbg` is 34 MiB once loaded) is never read.
+const SYSTEM_MODULES: &[&str] = &[
+    "libc.so",
+    "libc-",
+    "libpthread",
+    "ld-linux",
+    "ld-musl",
+    "libgcc_s",
+    "libdl",
+    "librt",
+    "libm.so",
+    "libstdc++",
+    "[vdso]",
+    "linux-vdso",
+];
 
 /// A module the unwinder knows.
 #[derive(Debug, Clone)]
@@ -36,14 +58,55 @@ pub(crate) struct KnownModule {
     /// File name (no directory), or `[vdso]`.
     pub name: String,
     /// Path to open the module's file with (`None` for the vdso).
-    pub path: Option<String>,
+    pub path: Option<PathBuf>,
     /// Actual minus stated addresses, when the module could be read.
     pub bias: Option<u64>,
+    /// What its headers say (`None` if it could not be read).
+    pub elf: Option<Arc<ElfFacts>>,
+    /// The C runtime, the dynamic loader or the vdso.
+    pub system: bool,
+}
+
+impl KnownModule {
+    /// The build id in hex.
+    pub(crate) fn build_id(&self) -> Option<String> {
+        self.elf.as_ref()?.build_id_hex()
+    }
+}
+
+/// Whether a module file name is one of the C runtime's.
+pub(crate) fn is_system_module(name: &str) -> bool {
+    SYSTEM_MODULES.iter().any(|m| name.starts_with(m))
+}
+
+/// Bytes of a section for the unwinder: a view of the file, or (for the
+/// vdso, which has no file) a copy.
+pub(crate) enum SectionBytes {
+    /// A view of exactly the section's bytes in the file.
+    Mapped(memmap2::Mmap),
+    /// Owned bytes.
+    Owned(Vec<u8>),
+}
+
+impl Default for SectionBytes {
+    fn default() -> Self {
+        SectionBytes::Owned(Vec::new())
+    }
+}
+
+impl Deref for SectionBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            SectionBytes::Mapped(map) => map,
+            SectionBytes::Owned(v) => v,
+        }
+    }
 }
 
 /// The unwinder with its module list and rule cache.
 pub(crate) struct Modules {
-    unwinder: UnwinderX86_64<Vec<u8>>,
+    unwinder: UnwinderX86_64<SectionBytes>,
     cache: CacheX86_64,
     known: Vec<KnownModule>,
 }
@@ -73,7 +136,6 @@ impl Modules {
     /// Returns the number of modules added.
     pub(crate) fn refresh(&mut self, maps: &[Mapping]) -> usize {
         let candidates = group_modules(maps);
-        let before = self.known.len();
         // Drop modules that are gone (or whose range changed).
         let gone: Vec<u64> = self
             .known
@@ -95,6 +157,7 @@ impl Modules {
                 continue;
             }
             let name = candidate.name();
+            let system = is_system_module(&name);
             match load_module(&candidate) {
                 Some(loaded) => {
                     self.unwinder.add_module(loaded.module);
@@ -106,6 +169,8 @@ impl Modules {
                         name,
                         path: loaded.path,
                         bias: Some(loaded.bias),
+                        elf: Some(Arc::new(loaded.elf)),
+                        system,
                     });
                     added += 1;
                 }
@@ -118,18 +183,21 @@ impl Modules {
                         name,
                         path: None,
                         bias: None,
+                        elf: None,
+                        system,
                     });
                 }
             }
         }
         self.known.sort_by_key(|k| k.range.start);
-        tracing::debug!(
-            modules = self.known.len(),
-            added,
-            removed = gone.len(),
-            before,
-            "unwinder module list refreshed"
-        );
+        if added > 0 || !gone.is_empty() {
+            tracing::debug!(
+                modules = self.known.len(),
+                added,
+                removed = gone.len(),
+                "unwinder module list refreshed"
+            );
+        }
         added
     }
 
@@ -141,6 +209,7 @@ impl Modules {
     }
 
     /// Number of known modules.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.known.len()
     }
@@ -225,29 +294,50 @@ fn group_modules(maps: &[Mapping]) -> Vec<Candidate<'_>> {
 
 /// A module read for the unwinder.
 struct Loaded {
-    module: Module<Vec<u8>>,
+    module: Module<SectionBytes>,
     has_cfi: bool,
     bias: u64,
-    path: Option<String>,
+    path: Option<PathBuf>,
+    elf: ElfFacts,
 }
 
-/// Reads a module's unwind sections and computes its load bias.
+/// Reads a module's headers, maps its unwind sections and computes its
+/// load bias.
 fn load_module(c: &Candidate<'_>) -> Option<Loaded> {
     if c.path == "[vdso]" {
         let image = super::sys::read_vdso(c.range.start, c.range.end)?;
-        let obj = object::File::parse(&image[..]).ok()?;
-        return build_module(c, &obj, None);
+        let elf = ElfFacts::from_bytes(&image)?;
+        let copy = |p: &Option<SectionPlace>| {
+            let p = p.as_ref()?;
+            let start = usize::try_from(p.file_offset).ok()?;
+            let end = start.checked_add(usize::try_from(p.file_size).ok()?)?;
+            Some(SectionBytes::Owned(image.get(start..end)?.to_vec()))
+        };
+        let sections = (copy(&elf.eh_frame), copy(&elf.eh_frame_hdr), None);
+        return build_module(c, elf, sections, None);
     }
     let (file, path) = open_module_file(c)?;
-    let cache = object::ReadCache::new(file);
-    let obj = object::File::parse(&cache).ok()?;
-    build_module(c, &obj, Some(path))
+    let elf = ElfFacts::read(&path)?;
+    let map = |p: &Option<SectionPlace>| {
+        let p = p.as_ref()?;
+        let len = usize::try_from(p.file_size).ok()?;
+        let view = super::sys::map_file_range(&file, p.file_offset, len).ok()?;
+        Some(SectionBytes::Mapped(view))
+    };
+    let eh_frame = map(&elf.eh_frame);
+    let debug_frame = if eh_frame.is_none() {
+        map(&elf.debug_frame)
+    } else {
+        None
+    };
+    let sections = (eh_frame, map(&elf.eh_frame_hdr), debug_frame);
+    build_module(c, elf, sections, Some(path))
 }
 
 /// Opens the mapped file; for a file deleted since it was mapped (an
 /// upgraded binary), tries the kernel's `map_files` link.
-fn open_module_file(c: &Candidate<'_>) -> Option<(fs::File, String)> {
-    let open = |p: &str| fs::File::open(p).ok().map(|f| (f, p.to_string()));
+fn open_module_file(c: &Candidate<'_>) -> Option<(fs::File, PathBuf)> {
+    let open = |p: &str| fs::File::open(p).ok().map(|f| (f, PathBuf::from(p)));
     if let Some(stripped) = c.path.strip_suffix(" (deleted)") {
         let m = c.mappings.first()?;
         let link = format!("/proc/self/map_files/{:x}-{:x}", m.start, m.end);
@@ -256,41 +346,31 @@ fn open_module_file(c: &Candidate<'_>) -> Option<(fs::File, String)> {
     open(c.path)
 }
 
-fn build_module<'data, R: object::ReadRef<'data>>(
+/// `.eh_frame`, `.eh_frame_hdr` and `.debug_frame` bytes of a module.
+type UnwindSections = (
+    Option<SectionBytes>,
+    Option<SectionBytes>,
+    Option<SectionBytes>,
+);
+
+fn build_module(
     c: &Candidate<'_>,
-    obj: &object::File<'data, R>,
-    path: Option<String>,
+    elf: ElfFacts,
+    (eh_frame, eh_frame_hdr, debug_frame): UnwindSections,
+    path: Option<PathBuf>,
 ) -> Option<Loaded> {
-    if obj.format() != object::BinaryFormat::Elf {
-        return None;
-    }
-    let bias = load_bias(c, obj)?;
-    let range_of = |name: &str| {
-        obj.section_by_name(name)
-            .map(|s| s.address()..s.address().saturating_add(s.size()))
-    };
-    let data_of = |name: &str| {
-        obj.section_by_name(name)
-            .and_then(|s| s.data().ok())
-            .filter(|d| !d.is_empty())
-            .map(<[u8]>::to_vec)
-    };
-    let eh_frame = data_of(".eh_frame");
-    let debug_frame = if eh_frame.is_none() {
-        data_of(".debug_frame")
-    } else {
-        None
-    };
+    let bias = load_bias(c, &elf.segments)?;
     let has_cfi = eh_frame.is_some() || debug_frame.is_some();
+    let svma = |p: &Option<SectionPlace>| p.as_ref().map(|p| p.svma.clone());
     let info = ExplicitModuleSectionInfo {
         base_svma: 0,
-        text_svma: range_of(".text"),
+        text_svma: elf.text.clone(),
         text: None,
-        got_svma: range_of(".got"),
-        eh_frame_svma: range_of(".eh_frame"),
+        got_svma: elf.got.clone(),
+        eh_frame_svma: svma(&elf.eh_frame),
         eh_frame,
-        eh_frame_hdr_svma: range_of(".eh_frame_hdr"),
-        eh_frame_hdr: data_of(".eh_frame_hdr"),
+        eh_frame_hdr_svma: svma(&elf.eh_frame_hdr),
+        eh_frame_hdr,
         debug_frame,
         ..Default::default()
     };
@@ -303,6 +383,7 @@ fn build_module<'data, R: object::ReadRef<'data>>(
         has_cfi,
         bias,
         path,
+        elf,
     })
 }
 
@@ -310,16 +391,9 @@ fn build_module<'data, R: object::ReadRef<'data>>(
 /// A mapping at `start` of file offset `offset` holds the `PT_LOAD` segment
 /// whose page-aligned file offset is `offset`; its page-aligned stated
 /// address then sits at `start`.
-fn load_bias<'data, R: object::ReadRef<'data>>(
-    c: &Candidate<'_>,
-    obj: &object::File<'data, R>,
-) -> Option<u64> {
-    let segments: Vec<(u64, u64)> = obj
-        .segments()
-        .map(|s| (s.file_range().0, s.address()))
-        .collect();
+fn load_bias(c: &Candidate<'_>, segments: &[(u64, u64)]) -> Option<u64> {
     for m in &c.mappings {
-        for &(file_offset, address) in &segments {
+        for &(file_offset, address) in segments {
             if file_offset & !(PAGE - 1) == m.offset {
                 return Some(m.start.wrapping_sub(address & !(PAGE - 1)));
             }
@@ -346,9 +420,12 @@ mod tests {
             exe.file_name().unwrap().to_string_lossy(),
             "{own:?}"
         );
+        assert!(!own.system);
+        assert_eq!(own.build_id(), crate::procfs::build_id());
         let libc_fn = libc::getpid as *const () as usize as u64;
         let libc_module = modules.find(libc_fn).expect("libc is a module");
         assert!(libc_module.name.starts_with("libc"), "{libc_module:?}");
+        assert!(libc_module.system);
         assert!(modules.find(0).is_none());
     }
 

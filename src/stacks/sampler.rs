@@ -1,9 +1,12 @@
 //! [`StackSampler`]: the public handle that captures stacks on demand.
 //!
 //! This module owns the sampler's lifetime (validating its
-//! [`CaptureConfig`], setting it up once) and serializes its captures. The
-//! capture sequence itself is in [`super::sequence`]; the signal handler
-//! and its handshake in [`super::sys`].
+//! [`CaptureConfig`], installing the signal handler) and the three calls a
+//! report makes: [`StackSampler::capture_within`] (stacks, named from
+//! symbol tables), [`StackSampler::symbolize`] (the DWARF pass) and
+//! [`StackSampler::release`]. It serializes them. The capture sequence
+//! itself is in [`super::sequence`]; the signal handler and its handshake
+//! in [`super::sys`].
 
 use super::capture::Capture;
 use super::config::CaptureConfig;
@@ -24,11 +27,15 @@ pub struct Symbolization {
 
 /// Captures the stacks of this process's threads on demand.
 ///
-/// Create it at start (it installs the signal handler, loads the module
-/// list and warms the symbolizer, which together take tens of
-/// milliseconds), then call [`capture_all`](Self::capture_all) from the
-/// monitor thread when a stall is detected. Several samplers may exist;
-/// their captures are serialized process-wide.
+/// Create it at start: that only installs the signal handler (well under a
+/// millisecond) and loads nothing. At a stall, from the monitor thread:
+/// [`capture_within`](Self::capture_within) the threads that matter first
+/// (the first capture also builds the module list and unwinder, a few
+/// milliseconds), write a report from its symbol-table names, then
+/// [`symbolize`](Self::symbolize) (files, lines, inlined functions from
+/// DWARF), rewrite, and [`release`](Self::release) what symbolization
+/// loaded. Several samplers may exist; their captures are serialized
+/// process-wide.
 pub struct StackSampler {
     pub(super) config: CaptureConfig,
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
@@ -57,8 +64,8 @@ impl std::fmt::Debug for StackSampler {
 }
 
 impl StackSampler {
-    /// Validates `config`, installs the capture handler for its signal,
-    /// loads the module list and warms the symbolizer.
+    /// Validates `config` and installs the capture handler for its signal.
+    /// Nothing else: modules and symbols are read at the first capture.
     ///
     /// Errors: [`Error::InvalidSetting`] for a value out of range,
     /// [`Error::SignalInUse`] if the application handles the signal itself,
@@ -84,41 +91,68 @@ impl StackSampler {
         }
     }
 
-    /// Captures the given threads, in order (duplicates are dropped). The
-    /// calling thread, if listed, is reported as [`CaptureOutcome::Monitor`](super::CaptureOutcome::Monitor).
+    /// Captures the given threads, in order (duplicates are dropped), within
+    /// the configured [`CaptureConfig::budget`]. See
+    /// [`capture_within`](Self::capture_within).
     pub fn capture(&self, tids: &[i32]) -> Capture {
+        self.capture_within(tids, self.config.budget)
+    }
+
+    /// Captures the given threads in order within `budget` (total wall
+    /// time of signalling and unwinding; duplicates are dropped).
+    ///
+    /// The calling thread, if listed, is reported as
+    /// [`CaptureOutcome::Monitor`](super::CaptureOutcome::Monitor). A thread
+    /// in uninterruptible sleep or stopped, one that blocks the signal or
+    /// still has one pending, is not signalled; one that does not answer
+    /// within [`CaptureConfig::per_thread_timeout`] (or what is left of the
+    /// budget) is given up; once the budget is used up no other thread is
+    /// signalled. Each carries its [`NotCaptured`](super::NotCaptured)
+    /// reason and its `/proc` facts. Frames come named from symbol tables
+    /// ([`SymbolSource::SymbolTable`](super::SymbolSource::SymbolTable)),
+    /// with module, build id and offset.
+    pub fn capture_within(&self, tids: &[i32], budget: std::time::Duration) -> Capture {
         #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
         {
-            self.state.lock().capture(&self.config, tids, true)
+            self.state.lock().capture(&self.config, tids, budget, true)
         }
         #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
         {
-            let _ = tids;
+            let _ = (tids, budget);
             self.never.unreachable()
         }
     }
 
-    /// Captures the given threads in order within `budget` (total wall
-    /// time); threads not reached in time are reported with that reason.
-    pub fn capture_within(&self, tids: &[i32], budget: std::time::Duration) -> Capture {
-        let _ = budget;
-        self.capture(tids)
-    }
-
-    /// Fills in files, lines and inlined functions of `capture`'s frames
-    /// from DWARF debug information, within `budget`.
+    /// Fills in files, lines and inlined functions of `threads`' frames
+    /// (from this sampler's captures) from DWARF debug information, within
+    /// `budget`, and says in [`Symbolization::notes`] what could not be
+    /// named and why. The C runtime's frames keep their symbol-table names.
+    /// What it loads stays until [`release`](Self::release).
     pub fn symbolize(
         &self,
         threads: &mut [super::ThreadStack],
         budget: std::time::Duration,
     ) -> Symbolization {
-        let _ = (threads, budget);
-        Symbolization::default()
+        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+        {
+            self.state.lock().symbolize(threads, budget)
+        }
+        #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+        {
+            let _ = (threads, budget);
+            self.never.unreachable()
+        }
     }
 
-    /// Releases all symbolization state (debug information, symbol
-    /// tables) and returns the freed heap to the OS.
-    pub fn release(&self) {}
+    /// Releases all symbolization state (DWARF, symbol-table names) and
+    /// returns the freed heap to the OS. The module list and unwinder stay,
+    /// so later captures stay cheap.
+    pub fn release(&self) {
+        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+        self.state.lock().release();
+        #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+        self.never.unreachable()
+    }
 
     /// Captures every thread of the process (`/proc/self/task`).
     pub fn capture_all(&self) -> Capture {

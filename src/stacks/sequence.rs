@@ -1,87 +1,92 @@
 //! The capture sequence a sampler runs on the monitor thread.
 //!
-//! This module owns a sampler's private [`State`] (the buffers the signal
-//! handler writes into, the module list, the symbol cache) and the steps of
-//! one capture: reading each thread's `/proc` facts, the prechecks that
-//! spare a thread a pointless signal, asking [`super::sys`] for each
-//! thread's registers and stack, unwinding the copy right away
-//! ([`super::modules`]) and symbolizing all frames at the end
-//! ([`super::symbols`]). It contains no `unsafe`, and it is not the public
-//! handle ([`super::StackSampler`]).
+//! This module owns a sampler's private [`State`] and the steps of one
+//! capture, within its time budget: for each thread in the order asked,
+//! read its `/proc` facts; skip, without a signal, a thread that could not
+//! answer (uninterruptible sleep, stopped, blocking the signal, one still
+//! pending) and say why ([`NotCaptured`]); ask [`super::sys`] for the
+//! registers and stack of the others; unwind each copy right away
+//! ([`super::modules`]); once the budget is used up, signal no one else.
+//! After the last thread, frames are named from symbol tables
+//! ([`super::symtab`]). The DWARF pass ([`super::dwarf`]) and releasing
+//! its state are separate calls. It contains no `unsafe`, and it is not the
+//! public handle ([`super::StackSampler`]).
+//!
+//! Nothing is loaded before the first capture: the module list, the
+//! unwinder and the stack buffer are built then, and kept (a few hundred
+//! kilobytes of address space, mostly views of files; see
+//! [`super::modules`]), so that later single-thread samples are cheap.
 
 use std::time::{Duration, Instant};
 
 use framehop::FrameAddress;
 
-use super::capture::{Capture, CaptureOutcome, Registers, ThreadStack, MAX_FRAMES};
+use super::capture::{Capture, CaptureOutcome, NotCaptured, Registers, ThreadStack, MAX_FRAMES};
 use super::config::CaptureConfig;
+use super::dwarf::Answers;
 use super::frame::{Frame, SymbolSource};
 use super::maps;
 use super::modules::{Modules, Unwound};
-use super::symbols::{ModuleRef, Symbolizer};
+use super::sampler::Symbolization;
+use super::symtab::SymtabNames;
 use super::sys::{self, Arena, Sample};
 use crate::error::Error;
 use crate::procfs;
 
-/// A sampler's private state: buffers, module list, symbol cache.
+/// How long `/proc/self/maps` as last read is trusted, when the handler's
+/// copies are fault-safe: a thread or library newer than that is noticed
+/// anyway (its stack pointer or an address falls outside every known
+/// range, and the maps are read again), so a stall's repeated one-thread
+/// samples need not parse the file each time.
+const MAPS_FRESH: Duration = Duration::from_secs(1);
+
+/// The least time a thread is given to answer, even when the budget has
+/// less left: below it a signal is not worth sending.
+const MIN_WAIT: Duration = Duration::from_micros(200);
+
+/// A sampler's private state: the stack buffer, the module list and
+/// unwinder (built at the first capture), the symbol-table names looked up
+/// so far (dropped by [`State::release`]) and the DWARF pass's answers
+/// (bounded; no DWARF data is kept between calls).
 pub(super) struct State {
-    arena: Arena,
-    modules: Modules,
-    symbols: Symbolizer,
+    arena: Option<Arena>,
+    modules: Option<Modules>,
+    /// When `/proc/self/maps` was last read into the arena and modules.
+    maps_at: Option<Instant>,
+    names: SymtabNames,
+    answers: Answers,
 }
 
 impl State {
+    /// Installs the signal handler; loads nothing.
     pub(super) fn new(config: &CaptureConfig) -> Result<Self, Error> {
         sys::install_handler(config.signal)?;
-        let started = Instant::now();
-        let modules = Modules::load(&maps::read_maps());
-        let modules_loaded = started.elapsed();
-        let mut symbols = Symbolizer::new();
-        let warmed = symbols.warm(|address| {
-            let m = modules.find(address)?;
-            Some((m.path.clone()?, m.bias?))
-        });
-        tracing::debug!(
-            modules = modules.len(),
-            ?modules_loaded,
-            symbolizer_warmed = warmed,
-            warm_up = ?(started.elapsed() - modules_loaded),
-            "stack sampler ready"
-        );
         Ok(Self {
-            arena: Arena::new(config.max_stack_bytes),
-            modules,
-            symbols,
+            arena: None,
+            modules: None,
+            maps_at: None,
+            names: SymtabNames::default(),
+            answers: Answers::default(),
         })
     }
 
-    /// Captures `tids`. `precheck` skips threads whose `/proc` status
-    /// shows the signal blocked or already pending (tests turn it off to
-    /// exercise the timeout path).
+    /// Captures `tids` within `budget`. `precheck` skips threads whose
+    /// `/proc` status shows the signal blocked or already pending (tests
+    /// turn it off to exercise the timeout path).
     pub(super) fn capture(
         &mut self,
         config: &CaptureConfig,
         tids: &[i32],
+        budget: Duration,
         precheck: bool,
     ) -> Capture {
+        let started = Instant::now();
+        let deadline = started + budget;
         let me = sys::current_tid();
         let mut seen = std::collections::HashSet::new();
-        let mut threads: Vec<ThreadStack> = tids
-            .iter()
-            .copied()
-            .filter(|tid| seen.insert(*tid))
-            .map(|tid| ThreadStack {
-                tid,
-                facts: procfs::read_thread(tid),
-                outcome: CaptureOutcome::Failed,
-                detail: None,
-                registers: None,
-                stack_bytes: 0,
-                frames: Vec::new(),
-            })
-            .collect();
+        let order: Vec<i32> = tids.iter().copied().filter(|t| seen.insert(*t)).collect();
         let mut capture = Capture {
-            threads: Vec::new(),
+            threads: Vec::with_capacity(order.len()),
             signal_duration: Duration::ZERO,
             unwind_duration: Duration::ZERO,
             symbolize_duration: Duration::ZERO,
@@ -92,239 +97,382 @@ impl State {
                 signal = config.signal,
                 "the application replaced loopwatch's capture signal handler"
             );
-            for t in &mut threads {
-                if t.tid == me {
-                    t.outcome = CaptureOutcome::Monitor;
+            for tid in order {
+                let facts = procfs::read_thread(tid);
+                capture.threads.push(if tid == me {
+                    monitor(tid, facts)
                 } else {
+                    let mut t = ThreadStack::not_captured(tid, facts, NotCaptured::HandlerReplaced);
                     t.detail = Some(format!(
                         "signal {} is now handled by the application; stacks not captured",
                         config.signal
                     ));
-                }
+                    t
+                });
             }
-            capture.threads = threads;
             return capture;
         }
 
-        self.set_ranges();
-        let mut unwound: Vec<Option<Unwound>> = Vec::with_capacity(threads.len());
-        let mut refreshed = false;
+        let stale = self.maps_at.is_none_or(|at| at.elapsed() > MAPS_FRESH)
+            || !sys::copies_are_fault_safe()
+            || self.arena.is_none()
+            || self.modules.is_none();
+        if stale {
+            let maps = maps::read_maps();
+            let arena = self
+                .arena
+                .get_or_insert_with(|| Arena::new(config.max_stack_bytes));
+            arena.set_ranges(maps.iter().filter(|m| m.readable).map(|m| [m.start, m.end]));
+            match &mut self.modules {
+                Some(m) => {
+                    m.refresh(&maps);
+                }
+                None => self.modules = Some(Modules::load(&maps)),
+            }
+            self.maps_at = Some(Instant::now());
+        }
+        let (Some(arena), Some(modules)) = (self.arena.as_mut(), self.modules.as_mut()) else {
+            return capture;
+        };
+        let mut unwound: Vec<Option<Unwound>> = Vec::with_capacity(order.len());
         let guard = sys::lock_slot();
-        for t in &mut threads {
-            unwound.push(None);
-            if t.tid == me {
-                t.outcome = CaptureOutcome::Monitor;
-                continue;
-            }
-            if precheck {
-                match t.facts.as_ref().map(|f| f.state) {
-                    // A stopped thread cannot run the handler, and a
-                    // signal to a traced one would stop at its debugger.
-                    Some(state @ ('T' | 't')) => {
-                        t.outcome = CaptureOutcome::Unresponsive;
-                        t.detail = Some(format!(
-                            "the thread is {}; not signalled",
-                            if state == 'T' {
-                                "stopped"
-                            } else {
-                                "stopped by a tracer"
-                            }
-                        ));
-                        continue;
-                    }
-                    Some('Z' | 'X' | 'x') => {
-                        t.outcome = CaptureOutcome::Exited;
-                        continue;
-                    }
-                    _ => {}
-                }
-                if let Some(reason) = signal_precheck(t.tid, config.signal) {
-                    t.outcome = CaptureOutcome::Unresponsive;
-                    t.detail = Some(reason);
-                    continue;
-                }
-            }
-            let mut remapped = false;
-            loop {
-                let sent = Instant::now();
-                let sample = sys::sample(
-                    &guard,
-                    config.signal,
-                    t.tid,
-                    &mut self.arena,
-                    config.per_thread_timeout,
+        for tid in order {
+            let mut one = Attempt {
+                config,
+                arena: &mut *arena,
+                modules: &mut *modules,
+                capture: &mut capture,
+            };
+            let (t, frames) = if tid == me {
+                (monitor(tid, procfs::read_thread(tid)), None)
+            } else if Instant::now() >= deadline {
+                // Facts only: no signal once the budget is used up.
+                let mut t = ThreadStack::not_captured(
+                    tid,
+                    procfs::read_thread(tid),
+                    NotCaptured::BudgetUsedUp,
                 );
-                capture.signal_duration += sent.elapsed();
-                match sample {
-                    Sample::Copied {
-                        regs,
-                        len,
-                        no_mapping,
-                    } => {
-                        if no_mapping && !remapped {
-                            // A stack mapped after the ranges were read
-                            // (a new thread): read them again, ask again.
-                            remapped = true;
-                            self.set_ranges();
-                            continue;
-                        }
-                        let started = Instant::now();
-                        let stack = self.arena.stack(len);
-                        let mut result = self.modules.unwind(regs, stack, MAX_FRAMES);
-                        if !refreshed && self.has_unknown_address(&result) {
-                            refreshed = true;
-                            if self.modules.refresh(&maps::read_maps()) > 0 {
-                                let stack = self.arena.stack(len);
-                                result = self.modules.unwind(regs, stack, MAX_FRAMES);
-                            }
-                        }
-                        capture.unwind_duration += started.elapsed();
-                        t.outcome = CaptureOutcome::Captured;
-                        t.registers = Some(Registers {
-                            ip: regs.ip,
-                            sp: regs.sp,
-                            bp: regs.bp,
-                        });
-                        t.stack_bytes = len;
-                        t.detail = if no_mapping {
-                            Some(
-                                "stack pointer outside every known mapping; stack not copied"
-                                    .into(),
-                            )
-                        } else if len == 0 {
-                            Some("the stack could not be read".into())
-                        } else {
-                            result
-                                .stopped
-                                .as_ref()
-                                .filter(|_| result.frames.len() >= MAX_FRAMES)
-                                .cloned()
-                        };
-                        if let Some(slot) = unwound.last_mut() {
-                            *slot = Some(result);
-                        }
-                    }
-                    Sample::Exited => t.outcome = CaptureOutcome::Exited,
-                    Sample::TimedOut => {
-                        let now = procfs::read_thread(t.tid);
-                        let dead = now
-                            .as_ref()
-                            .is_some_and(|f| matches!(f.state, 'Z' | 'X' | 'x'));
-                        if task_exists(t.tid) && !dead {
-                            t.outcome = CaptureOutcome::Unresponsive;
-                            t.detail = Some(format!(
-                                "no answer to signal {} within {:?}",
-                                config.signal, config.per_thread_timeout
-                            ));
-                            t.facts = now.or(t.facts.take());
-                        } else {
-                            t.outcome = CaptureOutcome::Exited;
-                        }
-                    }
-                    Sample::QueueFull => {
-                        t.outcome = CaptureOutcome::Unresponsive;
-                        t.detail = Some("the thread's signal queue is full".into());
-                    }
-                    Sample::SendFailed(errno) => {
-                        t.detail = Some(format!(
-                            "tgkill failed: {}",
-                            std::io::Error::from_raw_os_error(errno)
-                        ));
-                    }
-                    Sample::NoContext => {
-                        t.detail = Some("the kernel passed no register context".into());
-                    }
-                    Sample::HandlerStuck => {
-                        t.detail = Some("the handler started copying but did not finish".into());
-                    }
-                    Sample::SlotBusy => {
-                        t.detail =
-                            Some("a late handler of an earlier request is still copying".into());
-                    }
-                }
-                break;
-            }
+                t.detail = Some(format!(
+                    "not signalled: the {budget:?} capture budget was used up"
+                ));
+                (t, None)
+            } else {
+                one.thread(&guard, tid, deadline, precheck)
+            };
+            capture.threads.push(t);
+            unwound.push(frames);
         }
         drop(guard);
 
-        let started = Instant::now();
-        for (t, unwound) in threads.iter_mut().zip(&unwound) {
-            if let Some(unwound) = unwound {
-                t.frames = self.symbolize(&unwound.frames);
-            }
-        }
-        capture.symbolize_duration = started.elapsed();
-        capture.threads = threads;
+        let named = Instant::now();
+        self.name_frames(&mut capture.threads, &unwound);
+        capture.symbolize_duration = named.elapsed();
         tracing::debug!(
             threads = capture.threads.len(),
+            took = ?started.elapsed(),
             signal = ?capture.signal_duration,
             unwind = ?capture.unwind_duration,
-            symbolize = ?capture.symbolize_duration,
+            names = ?capture.symbolize_duration,
             "stacks captured"
         );
         capture
     }
 
-    /// Reads the readable ranges of `/proc/self/maps` into the arena.
-    fn set_ranges(&mut self) {
-        let maps = maps::read_maps();
-        self.arena
-            .set_ranges(maps.iter().filter(|m| m.readable).map(|m| [m.start, m.end]));
-    }
-
-    fn has_unknown_address(&self, unwound: &Unwound) -> bool {
-        unwound
-            .frames
-            .iter()
-            .any(|f| self.modules.find(f.address_for_lookup()).is_none())
-    }
-
-    fn symbolize(&mut self, frames: &[FrameAddress]) -> Vec<Frame> {
-        let mut out = Vec::with_capacity(frames.len());
-        for address in frames {
-            let ip = address.address();
-            let known = self.modules.find(address.address_for_lookup());
-            let module = known.map(|m| m.name.clone());
-            let module_ref = known.and_then(|m| {
-                Some(ModuleRef {
-                    path: m.path.as_deref()?,
-                    bias: m.bias?,
-                })
-            });
-            let offset = known.and_then(|m| m.bias).map(|b| ip.wrapping_sub(b));
-            let symbols = self
-                .symbols
-                .resolve(ip, address.is_return_address(), module_ref);
-            if symbols.is_empty() {
-                out.push(Frame {
-                    ip,
-                    module,
-                    offset,
-                    ..Frame::default()
-                });
-                continue;
-            }
-            let last = symbols.len() - 1;
-            for (i, s) in symbols.iter().enumerate() {
-                out.push(Frame {
-                    ip,
-                    function: s.function.clone(),
-                    file: s.file.clone(),
-                    line: s.line,
-                    inlined: i < last,
-                    module: module.clone(),
-                    offset,
-                    symbols: SymbolSource::DebugInfo,
-                    ..Frame::default()
-                });
+    /// Turns unwound addresses into frames: module, build id, offset and
+    /// the symbol table's function name.
+    fn name_frames(&mut self, threads: &mut [ThreadStack], unwound: &[Option<Unwound>]) {
+        let Some(modules) = self.modules.as_ref() else {
+            return;
+        };
+        // One symbol-table pass per module for the whole capture.
+        let mut wanted: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+        for u in unwound.iter().flatten() {
+            for f in &u.frames {
+                if let Some(m) = modules.find(f.address_for_lookup()) {
+                    if let Some(bias) = m.bias {
+                        wanted
+                            .entry(m.range.start)
+                            .or_default()
+                            .push(f.address_for_lookup().wrapping_sub(bias));
+                    }
+                }
             }
         }
-        out
+        for (start, svmas) in &wanted {
+            if let Some(m) = modules.find(*start) {
+                self.names.look_up(m, svmas);
+            }
+        }
+        for (t, u) in threads.iter_mut().zip(unwound) {
+            let Some(u) = u else { continue };
+            t.frames = u
+                .frames
+                .iter()
+                .map(|f| frame_of(f, modules, &self.names))
+                .collect();
+        }
     }
 
+    /// The DWARF pass over `threads` (frames of this sampler's captures).
+    pub(super) fn symbolize(
+        &mut self,
+        threads: &mut [ThreadStack],
+        budget: Duration,
+    ) -> Symbolization {
+        let Some(modules) = self.modules.as_ref() else {
+            return Symbolization::default();
+        };
+        super::dwarf::symbolize(threads, modules, &mut self.answers, budget)
+    }
+
+    /// Drops the symbol-table names and gives the freed heap back to the
+    /// OS. The module list, the stack buffer and the DWARF answers (at most
+    /// [`MAX_ANSWER_BYTES`](super::dwarf::MAX_ANSWER_BYTES)) stay.
+    pub(super) fn release(&mut self) {
+        self.names.clear();
+        sys::return_free_heap();
+    }
+
+    /// Whether the module list has been read (tests).
     #[cfg(test)]
-    pub(super) fn cached_symbols(&self) -> usize {
-        self.symbols.cached()
+    pub(super) fn loaded(&self) -> bool {
+        self.modules.is_some()
+    }
+
+    /// Symbol-table answers cached (tests).
+    #[cfg(test)]
+    pub(super) fn cached_names(&self) -> usize {
+        self.names.len()
+    }
+}
+
+/// The monitor thread's own entry: not interrupted.
+fn monitor(tid: i32, facts: Option<procfs::ThreadFacts>) -> ThreadStack {
+    ThreadStack {
+        tid,
+        facts,
+        outcome: CaptureOutcome::Monitor,
+        not_captured: None,
+        detail: None,
+        kernel_stack: Vec::new(),
+        registers: None,
+        stack_bytes: 0,
+        frames: Vec::new(),
+    }
+}
+
+/// One frame: its module, build id, offset and symbol-table name.
+fn frame_of(f: &FrameAddress, modules: &Modules, names: &SymtabNames) -> Frame {
+    let ip = f.address();
+    let lookup = f.address_for_lookup();
+    let Some(m) = modules.find(lookup) else {
+        return Frame {
+            ip,
+            ..Frame::default()
+        };
+    };
+    let function = m
+        .bias
+        .and_then(|b| names.cached(m, lookup.wrapping_sub(b)))
+        .flatten()
+        .map(|n| n.to_string());
+    Frame {
+        ip,
+        symbols: if function.is_some() {
+            SymbolSource::SymbolTable
+        } else {
+            SymbolSource::None
+        },
+        function,
+        module: Some(m.name.clone()),
+        build_id: m.build_id(),
+        offset: m.bias.map(|b| ip.wrapping_sub(b)),
+        ..Frame::default()
+    }
+}
+
+/// What one thread's turn needs.
+struct Attempt<'a> {
+    config: &'a CaptureConfig,
+    arena: &'a mut Arena,
+    modules: &'a mut Modules,
+    capture: &'a mut Capture,
+}
+
+impl Attempt<'_> {
+    /// One thread: prechecks, signal, unwind.
+    fn thread(
+        &mut self,
+        guard: &sys::SlotGuard,
+        tid: i32,
+        deadline: Instant,
+        precheck: bool,
+    ) -> (ThreadStack, Option<Unwound>) {
+        let facts = procfs::read_thread(tid);
+        let Some(state) = facts.as_ref().map(|f| f.state) else {
+            return (
+                ThreadStack::not_captured(tid, None, NotCaptured::Exited),
+                None,
+            );
+        };
+        match state {
+            // Asleep in the kernel: the handler could only run once the
+            // kernel lets the thread go, which may be never.
+            'D' => {
+                let mut t =
+                    ThreadStack::not_captured(tid, facts, NotCaptured::UninterruptibleSleep);
+                t.kernel_stack = procfs::kernel_stack(tid);
+                t.detail = Some("in uninterruptible sleep (D); not signalled".into());
+                return (t, None);
+            }
+            // A stopped thread cannot run the handler, and a signal to a
+            // traced one would stop at its debugger.
+            'T' | 't' => {
+                let mut t = ThreadStack::not_captured(tid, facts, NotCaptured::Stopped);
+                t.kernel_stack = procfs::kernel_stack(tid);
+                t.detail = Some(format!(
+                    "the thread is {}; not signalled",
+                    if state == 'T' {
+                        "stopped"
+                    } else {
+                        "stopped by a tracer"
+                    }
+                ));
+                return (t, None);
+            }
+            'Z' | 'X' | 'x' => {
+                return (
+                    ThreadStack::not_captured(tid, facts, NotCaptured::Exited),
+                    None,
+                )
+            }
+            _ => {}
+        }
+        if precheck {
+            if let Some((reason, text)) = signal_precheck(tid, self.config.signal) {
+                let mut t = ThreadStack::not_captured(tid, facts, reason);
+                t.detail = Some(text);
+                return (t, None);
+            }
+        }
+        let timeout = self
+            .config
+            .per_thread_timeout
+            .min(deadline.saturating_duration_since(Instant::now()))
+            .max(MIN_WAIT);
+        let mut remapped = false;
+        loop {
+            let sent = Instant::now();
+            let sample = sys::sample(guard, self.config.signal, tid, self.arena, timeout);
+            self.capture.signal_duration += sent.elapsed();
+            let mut t = ThreadStack::not_captured(tid, facts.clone(), NotCaptured::Failed);
+            match sample {
+                Sample::Copied {
+                    regs,
+                    len,
+                    no_mapping,
+                } => {
+                    if no_mapping && !remapped {
+                        // A stack mapped after the ranges were read (a new
+                        // thread): read them again, ask again.
+                        remapped = true;
+                        let maps = maps::read_maps();
+                        self.arena.set_ranges(
+                            maps.iter().filter(|m| m.readable).map(|m| [m.start, m.end]),
+                        );
+                        continue;
+                    }
+                    let started = Instant::now();
+                    let mut result = self.modules.unwind(regs, self.arena.stack(len), MAX_FRAMES);
+                    if result
+                        .frames
+                        .iter()
+                        .any(|f| self.modules.find(f.address_for_lookup()).is_none())
+                        && self.modules.refresh(&maps::read_maps()) > 0
+                    {
+                        // A library loaded since the list was read.
+                        result = self.modules.unwind(regs, self.arena.stack(len), MAX_FRAMES);
+                    }
+                    self.capture.unwind_duration += started.elapsed();
+                    t.outcome = CaptureOutcome::Captured;
+                    t.not_captured = None;
+                    t.registers = Some(Registers {
+                        ip: regs.ip,
+                        sp: regs.sp,
+                        bp: regs.bp,
+                    });
+                    t.stack_bytes = len;
+                    t.detail = if no_mapping {
+                        Some("stack pointer outside every known mapping; stack not copied".into())
+                    } else if len == 0 {
+                        Some("the stack could not be read".into())
+                    } else {
+                        result
+                            .stopped
+                            .as_ref()
+                            .filter(|_| result.frames.len() >= MAX_FRAMES)
+                            .cloned()
+                    };
+                    return (t, Some(result));
+                }
+                Sample::Exited => {
+                    return (
+                        ThreadStack::not_captured(tid, facts, NotCaptured::Exited),
+                        None,
+                    )
+                }
+                Sample::TimedOut => {
+                    let now = procfs::read_thread(tid);
+                    let dead = now
+                        .as_ref()
+                        .is_none_or(|f| matches!(f.state, 'Z' | 'X' | 'x'));
+                    if dead || !task_exists(tid) {
+                        return (
+                            ThreadStack::not_captured(tid, facts, NotCaptured::Exited),
+                            None,
+                        );
+                    }
+                    let asleep = now.as_ref().is_some_and(|f| f.state == 'D');
+                    let mut t = ThreadStack::not_captured(
+                        tid,
+                        now,
+                        if asleep {
+                            NotCaptured::UninterruptibleSleep
+                        } else {
+                            NotCaptured::NoAnswer
+                        },
+                    );
+                    if asleep {
+                        t.kernel_stack = procfs::kernel_stack(tid);
+                    }
+                    t.detail = Some(format!(
+                        "no answer to signal {} within {timeout:?}",
+                        self.config.signal
+                    ));
+                    return (t, None);
+                }
+                Sample::QueueFull => {
+                    t = ThreadStack::not_captured(tid, facts, NotCaptured::SignalBlocked);
+                    t.detail = Some("the thread's signal queue is full".into());
+                }
+                Sample::SendFailed(errno) => {
+                    t.detail = Some(format!(
+                        "tgkill failed: {}",
+                        std::io::Error::from_raw_os_error(errno)
+                    ));
+                }
+                Sample::NoContext => {
+                    t.detail = Some("the kernel passed no register context".into());
+                }
+                Sample::HandlerStuck => {
+                    t.detail = Some("the handler started copying but did not finish".into());
+                }
+                Sample::SlotBusy => {
+                    t.detail = Some("a late handler of an earlier request is still copying".into());
+                }
+            }
+            return (t, None);
+        }
     }
 }
 
@@ -335,14 +483,20 @@ fn task_exists(tid: i32) -> bool {
 /// Why sending the signal to `tid` would be pointless: it blocks the
 /// signal, or one from an earlier capture is still pending. Reads
 /// `SigBlk` and `SigPnd` of `/proc/self/task/TID/status`.
-fn signal_precheck(tid: i32, signal: i32) -> Option<String> {
+fn signal_precheck(tid: i32, signal: i32) -> Option<(NotCaptured, String)> {
     let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).ok()?;
     let (blocked, pending) = signal_masks(&status, signal);
     if blocked {
-        Some(format!("the thread blocks signal {signal}"))
+        Some((
+            NotCaptured::SignalBlocked,
+            format!("the thread blocks signal {signal}"),
+        ))
     } else if pending {
-        Some(format!(
-            "signal {signal} from an earlier capture is still pending (the thread has not run since)"
+        Some((
+            NotCaptured::SignalPending,
+            format!(
+                "signal {signal} from an earlier capture is still pending (the thread has not run since)"
+            ),
         ))
     } else {
         None

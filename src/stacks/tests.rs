@@ -13,14 +13,14 @@ use super::*;
 use crate::error::Error;
 
 /// A thread that runs `body` until told to stop, and tells its tid.
-struct TestThread {
-    tid: i32,
+pub(super) struct TestThread {
+    pub(super) tid: i32,
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl TestThread {
-    fn spawn(name: &str, body: fn(&AtomicBool)) -> Self {
+    pub(super) fn spawn(name: &str, body: fn(&AtomicBool)) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let tid = Arc::new(AtomicI32::new(0));
         let handle = {
@@ -45,7 +45,7 @@ impl TestThread {
         }
     }
 
-    fn join(mut self) {
+    pub(super) fn join(mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(h) = self.handle.take() {
             h.join().expect("test thread panicked");
@@ -72,7 +72,7 @@ fn spin_here_for_test(stop: &AtomicBool) {
 }
 
 #[inline(never)]
-fn sleep_here_for_test(stop: &AtomicBool) {
+pub(super) fn sleep_here_for_test(stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -81,7 +81,7 @@ fn sleep_here_for_test(stop: &AtomicBool) {
 /// Blocks the default capture signal, then sleeps until stopped; unblocks
 /// before returning so that a signal left pending is delivered (and ignored
 /// by the handler) while the thread still exists.
-fn blocked_here_for_test(stop: &AtomicBool) {
+pub(super) fn blocked_here_for_test(stop: &AtomicBool) {
     let signal = CaptureConfig::default().signal;
     // SAFETY: a zeroed sigset_t is valid input for sigemptyset, which
     // initialises it; pthread_sigmask changes only this thread's mask.
@@ -104,7 +104,7 @@ fn blocked_here_for_test(stop: &AtomicBool) {
 /// A sampler with the longest timeout: a loaded CI machine may leave a
 /// runnable thread off the CPU for more than the default 50 ms, and these
 /// tests are about what is captured, not about scheduling latency.
-fn sampler() -> StackSampler {
+pub(super) fn sampler() -> StackSampler {
     StackSampler::new(CaptureConfig {
         per_thread_timeout: MAX_PER_THREAD_TIMEOUT,
         ..CaptureConfig::default()
@@ -112,7 +112,7 @@ fn sampler() -> StackSampler {
     .expect("sampler")
 }
 
-fn thread(capture: &Capture, tid: i32) -> &ThreadStack {
+pub(super) fn thread(capture: &Capture, tid: i32) -> &ThreadStack {
     capture
         .threads
         .iter()
@@ -120,14 +120,14 @@ fn thread(capture: &Capture, tid: i32) -> &ThreadStack {
         .unwrap_or_else(|| panic!("tid {tid} not in capture"))
 }
 
-fn names(t: &ThreadStack) -> Vec<String> {
+pub(super) fn names(t: &ThreadStack) -> Vec<String> {
     t.frames
         .iter()
         .map(|f| f.function.clone().unwrap_or_else(|| format!("{:#x}", f.ip)))
         .collect()
 }
 
-fn position(t: &ThreadStack, needle: &str) -> Option<usize> {
+pub(super) fn position(t: &ThreadStack, needle: &str) -> Option<usize> {
     t.frames
         .iter()
         .position(|f| f.function.as_deref().is_some_and(|n| n.contains(needle)))
@@ -143,9 +143,13 @@ fn sampler_is_send_and_sync() {
 fn spinning_thread_is_captured_with_file_and_line() {
     let sampler = sampler();
     let spinner = TestThread::spawn("lw-spinner", spin_here_for_test);
-    let capture = sampler.capture(&[spinner.tid]);
-    let t = thread(&capture, spinner.tid).clone();
+    let mut capture = sampler.capture(&[spinner.tid]);
+    let spinner_tid = spinner.tid;
     spinner.join();
+    // Files and lines come from the DWARF pass, after the capture.
+    let done = sampler.symbolize(&mut capture.threads, Duration::from_secs(10));
+    assert!(!done.ran_out_of_time, "{done:?}");
+    let t = thread(&capture, spinner_tid).clone();
 
     assert_eq!(t.outcome, CaptureOutcome::Captured, "{t:?}");
     let regs = t.registers.expect("registers");
@@ -287,10 +291,12 @@ fn thread_blocking_the_signal_is_unresponsive_and_others_still_captured() {
 
     // Without it the signal is sent, stays pending, and the wait times out.
     let started = Instant::now();
-    let capture = sampler
-        .state
-        .lock()
-        .capture(&sampler.config, &[blocked.tid, spinner.tid], false);
+    let capture = sampler.state.lock().capture(
+        &sampler.config,
+        &[blocked.tid, spinner.tid],
+        Duration::from_secs(5),
+        false,
+    );
     let elapsed = started.elapsed();
     let b = thread(&capture, blocked.tid);
     assert_eq!(b.outcome, CaptureOutcome::Unresponsive, "{b:?}");
@@ -479,11 +485,11 @@ fn second_capture_is_served_from_the_symbol_cache() {
     let first = first.expect("sleeping capture");
     let mut second = None;
     for _ in 0..50 {
-        let cached = sampler.state.lock().cached_symbols();
+        let cached = sampler.state.lock().cached_names();
         let c = sampler.capture(&[sleeper.tid]);
         if names(thread(&c, sleeper.tid)) == names(thread(&first, sleeper.tid)) {
             // The same stack needed no new symbolization at all.
-            assert_eq!(sampler.state.lock().cached_symbols(), cached);
+            assert_eq!(sampler.state.lock().cached_names(), cached);
             second = Some(c);
             break;
         }

@@ -108,6 +108,8 @@ pub(crate) fn thread(tid: i32, facts: ThreadFacts, frames: Vec<Frame>) -> Thread
         registers: None,
         stack_bytes: 8192,
         frames,
+        not_captured: None,
+        kernel_stack: Vec::new(),
     }
 }
 

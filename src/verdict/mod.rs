@@ -46,8 +46,6 @@ use crate::origin::OwnCode;
 use crate::stacks::{Frame, ThreadStack};
 use crate::status::human;
 
-/// Names for the deadlock checker's threads.
-#[cfg(feature = "deadlock-detection")]
 pub(crate) use reading::{physical, Physical, Reading};
 
 /// The kind of stall.

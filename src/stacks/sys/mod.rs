@@ -36,6 +36,13 @@
 //! The handler stays installed for the life of the process: an RT signal
 //! still queued for a thread that blocks it would kill the process if its
 //! disposition went back to the default.
+//!
+//! The other `unsafe` calls (read-only file views, `malloc_trim`, the
+//! vdso image) are in [`files`].
+
+mod files;
+
+pub(crate) use files::{map_file, map_file_range, read_vdso, return_free_heap};
 
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -147,6 +154,13 @@ pub(crate) fn install_handler(signal: i32) -> Result<(), Error> {
         "stack capture handler installed"
     );
     Ok(())
+}
+
+/// Whether the handler copies stacks with `process_vm_readv`, so that a
+/// stale readable range (a stack unmapped since `/proc/self/maps` was read)
+/// gives a short copy instead of a fault.
+pub(crate) fn copies_are_fault_safe() -> bool {
+    USE_PROCESS_VM_READV.load(Ordering::Relaxed)
 }
 
 /// `process_vm_readv` on our own pid (seccomp profiles may forbid it).
@@ -557,27 +571,6 @@ fn collect() -> Sample {
         len: SLOT.copied.load(Ordering::Relaxed),
         no_mapping: flags & FLAG_NO_MAPPING != 0,
     }
-}
-
-// ---------------------------------------------------------------------------
-// The vdso
-// ---------------------------------------------------------------------------
-
-/// A copy of the vdso image, which lives only in memory. `start..end` must
-/// be the `[vdso]` range of `/proc/self/maps`; it is checked against the
-/// auxiliary vector before any byte is read.
-pub(crate) fn read_vdso(start: u64, end: u64) -> Option<Vec<u8>> {
-    // SAFETY: getauxval has no preconditions; 0 means "not present".
-    let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) } as u64;
-    if base == 0 || base != start || end <= start || end - start > 64 * 1024 * 1024 {
-        return None;
-    }
-    let len = (end - start) as usize;
-    // SAFETY: the kernel maps the vdso readable at AT_SYSINFO_EHDR for the
-    // life of the process and never unmaps it; `len` is the size of its
-    // mapping as listed in /proc/self/maps.
-    let image = unsafe { std::slice::from_raw_parts(start as *const u8, len) };
-    Some(image.to_vec())
 }
 
 #[cfg(test)]
