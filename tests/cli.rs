@@ -489,6 +489,19 @@ fn nothing_processed_or_a_usage_error_exits_2() {
             );
         }
     }
+    // symbolize reads its report the same way.
+    let (truncated, reason) = &bad[0];
+    let (_, stderr) = expect(
+        loopwatch()
+            .arg("symbolize")
+            .arg(truncated)
+            .args(["--debug-file", "/nonexistent.debug"]),
+        2,
+    );
+    assert!(
+        stderr.contains(&*truncated.to_string_lossy()) && stderr.contains(reason),
+        "{stderr}"
+    );
     let missing = dir.path().join("no-such-dir");
     let (_, stderr) = expect(loopwatch().arg("summary").arg(&missing), 2);
     assert!(
@@ -575,4 +588,236 @@ fn a_stall_ended_by_systemds_watchdog_is_found_through_the_journal_and_listed_as
         summary.starts_with("1 stall in 1 report from 1 host"),
         "{summary}"
     );
+}
+
+/// Runs a binutils tool, failing the test clearly when it is missing.
+fn binutils(tool: &str, args: &[&std::ffi::OsStr]) {
+    let out = Command::new(tool).args(args).output().unwrap_or_else(|e| {
+        panic!("{tool} (binutils) is needed to make a stripped build and its debug file: {e}")
+    });
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_report_from_a_stripped_build_is_symbolized_from_its_debug_file() {
+    // One build, shipped stripped, its debug file kept elsewhere (where
+    // the running demo does not look for it).
+    let work = tempfile::tempdir().unwrap();
+    let (bin, debug, reports) = (
+        work.path().join("bin"),
+        work.path().join("debug"),
+        work.path().join("reports"),
+    );
+    for d in [&bin, &debug, &reports] {
+        fs::create_dir(d).unwrap();
+    }
+    let demo = bin.join("demo");
+    let debug_file = debug.join("demo.debug");
+    fs::copy(demo_bin(), &demo).unwrap();
+    binutils(
+        "objcopy",
+        &[
+            "--only-keep-debug".as_ref(),
+            demo.as_os_str(),
+            debug_file.as_os_str(),
+        ],
+    );
+    binutils("strip", &["--strip-all".as_ref(), demo.as_os_str()]);
+    let link = format!("--add-gnu-debuglink={}", debug_file.display());
+    binutils("objcopy", &[link.as_ref(), demo.as_os_str()]);
+    let status = Command::new(&demo)
+        .args([
+            "--stall-after",
+            "0.5",
+            "--stall-kind",
+            "sleep",
+            "--stall-for",
+            "1.5",
+        ])
+        .args(["--threshold-ms", "300", "--exit-after", "3", "--report-dir"])
+        .arg(&reports)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run the stripped demo");
+    assert!(status.success(), "the stripped demo failed: {status}");
+    let original = json_reports(&reports)
+        .pop()
+        .expect("a report of the stripped demo");
+    let stripped = read_report(&original);
+    assert!(
+        stripped.culprit.is_none(),
+        "a stripped build names no culprit by itself: {:?}",
+        stripped.culprit
+    );
+    let build_id = stripped
+        .process
+        .build_id
+        .clone()
+        .expect("the demo's build id");
+    let loop_frames = &stripped
+        .threads
+        .iter()
+        .find(|g| g.loop_thread)
+        .expect("loop thread")
+        .frames;
+    assert!(
+        loop_frames
+            .iter()
+            .any(|f| f.frame.build_id.as_deref() == Some(&build_id)
+                && f.frame.offset.is_some()
+                && f.frame.function.is_none()),
+        "the demo's frames carry build id and offset, no names"
+    );
+
+    let assert_symbolized = |json: &Path| {
+        let r = read_report(json);
+        let c = r
+            .culprit
+            .unwrap_or_else(|| panic!("no culprit in {json:?}"));
+        assert_eq!(c.function, "demo::stall_sleep", "{json:?}");
+        assert!(c.file.as_deref().is_some_and(|f| f.ends_with("demo.rs")) && c.line.is_some());
+        assert_eq!(r.format_version, loopwatch::REPORT_FORMAT_VERSION);
+        assert!(
+            r.notes.iter().any(|n| n.contains("loopwatch symbolize")),
+            "{:?}",
+            r.notes
+        );
+        let frames = &r.threads.iter().find(|g| g.loop_thread).unwrap().frames;
+        assert!(frames
+            .iter()
+            .any(|f| f.frame.symbols == loopwatch::SymbolSource::Offline
+                && f.frame.function.as_deref() == Some("demo::stall_sleep")));
+        let text = fs::read_to_string(json.with_extension("txt")).expect("the .txt twin");
+        assert!(text.contains("culprit: demo::stall_sleep at "), "{text}");
+    };
+
+    // --debug-file, to another file.
+    let out = work.path().join("out");
+    fs::create_dir(&out).unwrap();
+    let symbolized = out.join("symbolized.json");
+    let (_, stderr) = expect(
+        loopwatch()
+            .arg("symbolize")
+            .arg(&original)
+            .arg("--debug-file")
+            .arg(&debug_file)
+            .arg("-o")
+            .arg(&symbolized),
+        0,
+    );
+    assert!(
+        stderr.contains("frame(s) named from") && stderr.contains("culprit demo::stall_sleep"),
+        "{stderr}"
+    );
+    assert_symbolized(&symbolized);
+    let (shown, _) = expect(loopwatch().arg("show").arg(&symbolized), 0);
+    assert!(shown.contains("culprit: demo::stall_sleep at "), "{shown}");
+    assert_eq!(
+        read_report(&original).culprit,
+        None,
+        "the original is left alone with -o"
+    );
+
+    // --debug-dir in GDB's build-id layout, in place: the report and its
+    // text keep their names and their mode.
+    let by_id = work.path().join("by-id");
+    let id_dir = by_id.join(".build-id").join(&build_id[..2]);
+    fs::create_dir_all(&id_dir).unwrap();
+    fs::copy(
+        &debug_file,
+        id_dir.join(format!("{}.debug", &build_id[2..])),
+    )
+    .unwrap();
+    let in_place = work.path().join("in-place");
+    fs::create_dir(&in_place).unwrap();
+    let copy = in_place.join(original.file_name().unwrap());
+    fs::copy(&original, &copy).unwrap();
+    fs::copy(original.with_extension("txt"), copy.with_extension("txt")).unwrap();
+    let mode = fs::metadata(&copy).unwrap().permissions().mode() & 0o777;
+    expect(
+        loopwatch()
+            .arg("symbolize")
+            .arg(&copy)
+            .arg("--debug-dir")
+            .arg(&by_id),
+        0,
+    );
+    assert_symbolized(&copy);
+    assert_eq!(
+        fs::metadata(&copy).unwrap().permissions().mode() & 0o777,
+        mode
+    );
+    let (listed, _) = expect(loopwatch().arg("list").arg(&in_place), 0);
+    assert!(listed.contains("demo::stall_sleep"), "{listed}");
+
+    // --debug-dir with <module>.debug.
+    let by_name = work.path().join("by-name");
+    fs::create_dir(&by_name).unwrap();
+    fs::copy(&debug_file, by_name.join("demo.debug")).unwrap();
+    let named = out.join("by-name.json");
+    expect(
+        loopwatch()
+            .arg("symbolize")
+            .arg(&original)
+            .arg("--debug-dir")
+            .arg(&by_name)
+            .arg("-o")
+            .arg(&named),
+        0,
+    );
+    assert_symbolized(&named);
+
+    // Another build's file is refused by build id; a directory without the
+    // build's file finds nothing; nothing is written either way.
+    let wrong = out.join("wrong.json");
+    let (_, stderr) = expect(
+        loopwatch()
+            .arg("symbolize")
+            .arg(&original)
+            .arg("--debug-file")
+            .arg(env!("CARGO_BIN_EXE_loopwatch"))
+            .arg("-o")
+            .arg(&wrong),
+        2,
+    );
+    assert!(
+        stderr.contains("is not the build of any frame in the report")
+            && stderr.contains(&build_id),
+        "{stderr}"
+    );
+    let (_, stderr) = expect(
+        loopwatch()
+            .arg("symbolize")
+            .arg(&original)
+            .arg("--debug-dir")
+            .arg(&out)
+            .arg("-o")
+            .arg(&wrong),
+        2,
+    );
+    assert!(
+        stderr.contains("no debug file for the report's unnamed frames"),
+        "{stderr}"
+    );
+    // The stripped binary itself names nothing.
+    let (_, stderr) = expect(
+        loopwatch()
+            .arg("symbolize")
+            .arg(&original)
+            .arg("--debug-file")
+            .arg(&demo)
+            .arg("-o")
+            .arg(&wrong),
+        2,
+    );
+    assert!(
+        stderr.contains("names none of the report's addresses"),
+        "{stderr}"
+    );
+    assert!(!wrong.exists() && !wrong.with_extension("txt").exists());
 }

@@ -4,6 +4,7 @@
 //! loopwatch list [DIR|FILE…]          one line per report, oldest first
 //! loopwatch show REPORT               the report as text (colour on a terminal)
 //! loopwatch summary DIR|FILE…         by verdict, top culprits, per build id
+//! loopwatch symbolize REPORT (--debug-file F | --debug-dir D) [-o OUT]
 //! loopwatch flamegraph DIR|FILE… -o stalls.svg
 //! ```
 //!
@@ -21,10 +22,11 @@ mod facts;
 mod flamegraph;
 mod inputs;
 mod list;
+mod output;
 mod show;
 mod summary;
+mod symbolize;
 
-use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -87,6 +89,20 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         top: usize,
     },
+    /// Names the frames of a report from a stripped binary, from the
+    /// binary's debug file (matched by GNU build id), and writes the
+    /// symbolized report and its .txt: in place, or to --output.
+    #[command(after_help = EXIT_CODES)]
+    Symbolize {
+        /// The report (stall-<id>.json).
+        report: PathBuf,
+        #[command(flatten)]
+        debug: DebugArgs,
+        /// Where to write the symbolized report (its .txt goes beside it;
+        /// `-` for the JSON on standard output) [default: the report itself].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// One SVG flame graph of the stuck event-loop stacks of all the given
     /// reports, so a fleet's stalls are seen at a glance.
     #[command(after_help = EXIT_CODES)]
@@ -104,6 +120,21 @@ enum Command {
         #[arg(long)]
         title: Option<String>,
     },
+}
+
+/// Where `symbolize` finds debug information.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct DebugArgs {
+    /// The debug file of the binary that wrote the report (`objcopy
+    /// --only-keep-debug`), or the unstripped binary.
+    #[arg(long, value_name = "FILE")]
+    debug_file: Option<PathBuf>,
+    /// A directory of debug files: DIR/.build-id/xx/rest.debug (GDB's
+    /// layout, as in /usr/lib/debug), DIR/<module>.debug or DIR/<module>;
+    /// one per build on the report's frames, each checked by build id.
+    #[arg(long, value_name = "DIR")]
+    debug_dir: Option<PathBuf>,
 }
 
 /// Why a command stopped before it was done.
@@ -167,6 +198,38 @@ fn run(command: Command, problems: &mut Problems) -> Result<usize, Failure> {
             summary::write(&reports, top, &mut out)?;
             reports.len()
         }
+        Command::Symbolize {
+            report,
+            debug,
+            output,
+        } => {
+            let source = match (debug.debug_file, debug.debug_dir) {
+                (Some(file), _) => symbolize::DebugSource::File(file),
+                (None, Some(dir)) => symbolize::DebugSource::Dir(dir),
+                (None, None) => {
+                    eprintln!("loopwatch: symbolize needs --debug-file or --debug-dir");
+                    return Err(Failure::Said);
+                }
+            };
+            out.flush()?;
+            let done = symbolize::run(&report, &source, output.as_deref()).map_err(|e| {
+                eprintln!("loopwatch: {e}");
+                Failure::Said
+            })?;
+            let files: Vec<String> = done
+                .debug_files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect();
+            eprintln!(
+                "loopwatch: {}: {} frame(s) named from {}; culprit {}",
+                done.output,
+                done.named,
+                files.join(", "),
+                done.culprit.as_deref().unwrap_or("none found")
+            );
+            1
+        }
         Command::Flamegraph {
             paths,
             output,
@@ -182,7 +245,10 @@ fn run(command: Command, problems: &mut Problems) -> Result<usize, Failure> {
             if output == Path::new("-") {
                 draw(&mut out)?;
             } else {
-                write_file(&output, draw)?;
+                output::write_whole(&output, None, draw).map_err(|e| {
+                    eprintln!("loopwatch: {e}");
+                    Failure::Said
+                })?;
                 eprintln!(
                     "loopwatch: {}: flame graph of {} reports written",
                     output.display(),
@@ -194,34 +260,4 @@ fn run(command: Command, problems: &mut Problems) -> Result<usize, Failure> {
     };
     out.flush()?;
     Ok(processed)
-}
-
-/// Writes a file whole: into a temporary file beside it, then renamed, so a
-/// failed run leaves no half-written file.
-fn write_file(
-    path: &Path,
-    f: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-) -> Result<(), Failure> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        name.as_deref().unwrap_or("loopwatch-output")
-    ));
-    let written = fs::File::create(&tmp).and_then(|file| {
-        let mut w = io::BufWriter::new(file);
-        f(&mut w)?;
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()
-    });
-    match written.and_then(|()| fs::rename(&tmp, path)) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            eprintln!("loopwatch: {}: cannot write: {e}", path.display());
-            Err(Failure::Said)
-        }
-    }
 }
