@@ -752,6 +752,21 @@ fn a_report_from_a_stripped_build_is_symbolized_from_its_debug_file() {
         fs::metadata(&copy).unwrap().permissions().mode() & 0o777,
         mode
     );
+    // Once named, there is nothing left for that directory to do.
+    let before = fs::read(&copy).unwrap();
+    let (_, stderr) = expect(
+        loopwatch()
+            .arg("symbolize")
+            .arg(&copy)
+            .arg("--debug-dir")
+            .arg(&by_id),
+        0,
+    );
+    assert!(
+        stderr.contains("every frame already has a name"),
+        "{stderr}"
+    );
+    assert_eq!(fs::read(&copy).unwrap(), before, "nothing rewritten");
     let (listed, _) = expect(loopwatch().arg("list").arg(&in_place), 0);
     assert!(listed.contains("demo::stall_sleep"), "{listed}");
 

@@ -216,6 +216,9 @@ fn run(command: Command, problems: &mut Problems) -> Result<usize, Failure> {
                 eprintln!("loopwatch: {e}");
                 Failure::Said
             })?;
+            let Some(done) = done else {
+                return Ok(1);
+            };
             let files: Vec<String> = done
                 .debug_files
                 .iter()

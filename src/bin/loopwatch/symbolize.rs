@@ -40,16 +40,24 @@ pub struct Done {
     pub culprit: Option<String>,
 }
 
-/// A module of the report: its file name and how many of its frames have
-/// no name from debug information yet.
+/// A module of the report: its file name, how many of its frames have no
+/// name from debug information yet, and how many have no name at all.
 struct Module {
     name: String,
     unnamed: usize,
+    nameless: usize,
 }
 
 /// Symbolizes the report at `path` and writes it to `output` (`None`: in
-/// place; `-`: standard output). Errors are one line naming the file.
-pub fn run(path: &Path, source: &DebugSource, output: Option<&Path>) -> Result<Done, String> {
+/// place; `-`: standard output). `None` when there was nothing to do (said
+/// on stderr): every frame has a name and the directory has no debug file
+/// for the builds whose names come from a symbol table only. Errors are one
+/// line naming the file.
+pub fn run(
+    path: &Path,
+    source: &DebugSource,
+    output: Option<&Path>,
+) -> Result<Option<Done>, String> {
     let mut report = crate::inputs::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let modules = modules(&report);
     if modules.is_empty() {
@@ -67,6 +75,16 @@ pub fn run(path: &Path, source: &DebugSource, output: Option<&Path>) -> Result<D
                 .filter(|(_, m)| m.unnamed > 0)
                 .filter_map(|(id, m)| Some((id.clone(), find_in_dir(dir, id, &m.name)?)))
                 .collect();
+            if found.is_empty() && modules.values().all(|m| m.nameless == 0) {
+                eprintln!(
+                    "loopwatch: {}: every frame already has a name, and {} has no debug \
+                     file for {}; nothing written",
+                    path.display(),
+                    dir.display(),
+                    describe(&modules)
+                );
+                return Ok(None);
+            }
             if found.is_empty() {
                 return Err(format!(
                     "{}: no debug file for the report's unnamed frames ({}); looked for \
@@ -121,7 +139,7 @@ pub fn run(path: &Path, source: &DebugSource, output: Option<&Path>) -> Result<D
     }
     report.format_version = REPORT_FORMAT_VERSION;
     let output = write(&report, path, output)?;
-    Ok(Done {
+    Ok(Some(Done {
         output,
         named,
         debug_files: debug_files.into_iter().map(|(_, f)| f).collect(),
@@ -129,7 +147,7 @@ pub fn run(path: &Path, source: &DebugSource, output: Option<&Path>) -> Result<D
             (Some(f), Some(l)) => format!("{} at {f}:{l}", c.function),
             _ => c.function.clone(),
         }),
-    })
+    }))
 }
 
 /// The report's modules with frames that carry a build id and an offset,
@@ -146,9 +164,13 @@ fn modules(report: &StallReport) -> BTreeMap<String, Module> {
             .or_insert_with(|| Module {
                 name: f.module.clone().unwrap_or_default(),
                 unnamed: 0,
+                nameless: 0,
             });
         if !matches!(f.symbols, SymbolSource::DebugInfo | SymbolSource::Offline) {
             m.unnamed += 1;
+        }
+        if f.function.is_none() {
+            m.nameless += 1;
         }
     }
     out
