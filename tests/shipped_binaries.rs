@@ -163,12 +163,10 @@ fn verdict_check(r: &Value, variant: &str) {
     );
 }
 
-/// Checks shared by every variant: the verdict (but for `stripped`, see
-/// its own test), and build id and offset on every frame of a known module.
+/// Checks shared by every variant: the verdict, and build id and offset on
+/// every frame of a known module.
 fn common_checks(r: &Value, variant: &str) {
-    if variant != "stripped" {
-        verdict_check(r, variant);
-    }
+    verdict_check(r, variant);
     let id = r["process"]["build_id"].as_str().expect("process build id");
     for g in r["threads"].as_array().unwrap() {
         for f in g["frames"].as_array().unwrap() {
@@ -373,11 +371,7 @@ fn a_stripped_build_reports_offsets_that_resolve_to_the_stalling_function() {
 
 /// Issue 13, item 3: verdicts never depend on symbols. A thread asleep in a
 /// system call is `blocked-syscall` even when nothing names its frames.
-/// The verdict is decided in `src/verdict.rs`, which that item changes;
-/// until it lands this fails with verdict `unknown` ("no loop thread was
-/// found in application code").
 #[test]
-#[ignore = "needs issue 13 item 3 (verdicts without symbols) in src/verdict.rs"]
 fn a_stripped_build_still_gets_the_right_verdict() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
