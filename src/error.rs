@@ -96,6 +96,26 @@ pub enum Error {
         /// Why the value was refused.
         reason: String,
     },
+    /// A stall report could not be read: the text is not JSON (or ends
+    /// early), or it is JSON but not a stall report.
+    #[error("{reason}")]
+    InvalidReport {
+        /// What is wrong, in one line: truncated, malformed (with line and
+        /// column), or the field that is missing or of the wrong type.
+        reason: String,
+    },
+    /// A stall report of a later format version than this loopwatch reads
+    /// (see [`REPORT_FORMAT_VERSION`](crate::REPORT_FORMAT_VERSION)).
+    #[error(
+        "report format version {found} is newer than this loopwatch reads (up to {supported}): \
+         read it with a newer loopwatch"
+    )]
+    ReportVersion {
+        /// The version the report says it is.
+        found: u32,
+        /// The newest version this loopwatch reads.
+        supported: u32,
+    },
     /// The real-time signal chosen for stack capture is already handled by the application.
     #[error(
         "signal {signal} already has a handler in this process; choose another with \

@@ -174,6 +174,12 @@ pub struct ProcessFacts {
     pub build_id: Option<String>,
     /// The path of the executable (`/proc/self/exe`).
     pub executable: Option<String>,
+    /// The host's name (`/proc/sys/kernel/hostname`, the name of the UTS
+    /// namespace the process runs in), so reports gathered from many hosts
+    /// say where they came from. `None` if unreadable, and in reports
+    /// written before this field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// Reads the process-wide facts. The build id is read once and cached.
@@ -195,6 +201,10 @@ pub fn process_facts() -> ProcessFacts {
         executable: fs::read_link("/proc/self/exe")
             .ok()
             .map(|p| p.to_string_lossy().into_owned()),
+        host: fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_string())
+            .ok()
+            .filter(|name| !name.is_empty()),
     }
 }
 

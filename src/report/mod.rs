@@ -10,11 +10,15 @@
 //!
 //! This file owns the report's data model. [`threads`] groups threads by
 //! identical stack and marks the frames that did not move; [`text`]
-//! renders the human-readable forms. Deciding the verdict is
+//! renders the human-readable forms; [`read`] reads a report back from its
+//! JSON for tools, and [`offline`] names a stripped binary's frames after
+//! the fact. Deciding the verdict is
 //! [`verdict`](crate::verdict)'s job, writing files
 //! [`report_store`](crate::report_store)'s.
 
 mod layout;
+mod offline;
+mod read;
 mod text;
 mod threads;
 

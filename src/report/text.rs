@@ -403,8 +403,12 @@ impl StallReport {
         }
         let p = &self.process;
         let process = format!(
-            "\nprocess: pid {}, {} threads, RSS {:.1} MiB, up {}, executable {}, build id {}",
+            "\nprocess: pid {}{}, {} threads, RSS {:.1} MiB, up {}, executable {}, build id {}",
             p.pid,
+            p.host
+                .as_deref()
+                .map(|h| format!(" on host {h}"))
+                .unwrap_or_default(),
             p.threads,
             p.rss_bytes as f64 / (1024.0 * 1024.0),
             human(p.uptime),

@@ -145,6 +145,7 @@ fn report() -> StallReport {
             uptime: Duration::from_secs(60),
             build_id: Some("0123456789abcdef0123456789abcdef01234567".into()),
             executable: Some(format!("/opt/{}/bin/myapp", "long/".repeat(40))),
+            host: None,
         },
         notes: vec!["a note ".repeat(40)],
         ..StallReport::blank()
