@@ -150,6 +150,7 @@ fn as_thread_stack(group: &ThreadGroup) -> ThreadStack {
         outcome: group.outcome,
         not_captured: None,
         kernel_stack: Vec::new(),
+        read_asleep: group.read_asleep,
         detail: None,
         registers: None,
         stack_bytes: 0,
@@ -225,6 +226,7 @@ mod tests {
             cut: None,
             not_captured: None,
             kernel_stack: Vec::new(),
+            read_asleep: false,
             frames,
         }];
         r
