@@ -520,8 +520,8 @@ impl Monitor {
             };
             next = next.min(at);
         }
-        if let (Some(every), Some(last)) = (self.ping_every, self.last_ping) {
-            next = next.min(last.saturating_add(every));
+        if let Some(due) = self.next_ping_due() {
+            next = next.min(due);
         }
         if let Some(due) = self.diag.next_due() {
             next = next.min(due);

@@ -42,9 +42,23 @@ impl Monitor {
         }
     }
 
+    /// When the next ping is due: a period after the last one, or, while
+    /// pings are withheld, a period after the last one held back (so that
+    /// the monitor does not wake up again and again for a ping it will not
+    /// send).
+    pub(super) fn next_ping_due(&self) -> Option<u64> {
+        let every = self.ping_every?;
+        let last = self.last_ping?;
+        let base = match self.last_suppressed {
+            Some(s) if !self.all_healthy() => s.max(last),
+            _ => last,
+        };
+        Some(base.saturating_add(every))
+    }
+
     pub(super) fn maybe_ping(&mut self, now: u64) {
         let Some(every) = self.ping_every else { return };
-        let due = |last: Option<u64>| last.is_none_or(|t| now >= t + every);
+        let due = |last: Option<u64>| last.is_none_or(|t| now >= t.saturating_add(every));
         if self.all_healthy() {
             if !due(self.last_ping) && self.last_suppressed.is_none() {
                 return;
