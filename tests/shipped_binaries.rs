@@ -112,13 +112,18 @@ fn variant(name: &str, dir: &Path) -> (PathBuf, PathBuf) {
 /// Runs `bin` with a blocking-sleep stall and returns its final report
 /// (second capture taken and symbolized).
 fn stall_report(bin: &Path) -> Value {
+    stall_report_of(bin, "sleep")
+}
+
+/// Like [`stall_report`], for the demo's stall `kind`.
+fn stall_report_of(bin: &Path, kind: &str) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let child = Command::new(bin)
         .args([
             "--stall-after",
             "0.5",
             "--stall-kind",
-            "sleep",
+            kind,
             "--stall-for",
             "forever",
             "--threshold-ms",
@@ -379,4 +384,22 @@ fn a_stripped_build_still_gets_the_right_verdict() {
     std::fs::remove_file(dir.path().join("demo.debug")).unwrap();
     let r = stall_report(&bin);
     verdict_check(&r, "stripped");
+}
+
+/// Issue 13, item 3, for a CPU stall: a thread on CPU with the same stack
+/// (by address) in both captures is `cpu-bound` though nothing names its
+/// frames, and the report says symbols were missing and how to get them.
+#[test]
+fn a_stripped_cpu_stall_is_cpu_bound_and_says_symbols_are_missing() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, _debug) = variant("stripped", dir.path());
+    std::fs::remove_file(dir.path().join("demo.debug")).unwrap();
+    let r = stall_report_of(&bin, "spin");
+    assert_eq!(r["verdict"]["kind"], "cpu-bound", "{}", r["verdict"]);
+    let said = format!("{}{}", r["verdict"]["evidence"], r["notes"]);
+    assert!(
+        said.contains("line-tables-only") || said.contains("symbolize"),
+        "the report says symbols were missing and how to get them: {said}"
+    );
 }
