@@ -310,3 +310,95 @@ fn metric(text: &str, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }
+
+#[test]
+fn a_forked_child_sends_systemd_nothing_even_without_watchdog_pid() {
+    if role().as_deref() == Some("forker") {
+        let rt = common::current_thread();
+        let wd = Watchdog::builder()
+            .no_report_files()
+            .watch("main", rt.handle().clone())
+            .start()
+            .unwrap();
+        mark("before-fork");
+        // SAFETY: the child only calls ready() (one datagram through a
+        // socket the parent made) and _exit; it touches no lock another
+        // thread could hold mid-operation in a way that matters here.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let _ = wd.ready();
+            // SAFETY: leave the forked child without running destructors.
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        mark("after-fork");
+        wd.ready().unwrap();
+        wd.shutdown();
+        return;
+    }
+    let l = NotifyListener::new();
+    let (out, d) = l.run_child(
+        "a_forked_child_sends_systemd_nothing_even_without_watchdog_pid",
+        "forker",
+        &[],
+    );
+    assert_child_ok(&out);
+    let before = d
+        .iter()
+        .position(|g| g.marker() == Some("before-fork"))
+        .unwrap();
+    let after = d
+        .iter()
+        .position(|g| g.marker() == Some("after-fork"))
+        .unwrap();
+    assert!(
+        !d[before..after].iter().any(|g| g.has("READY=1")),
+        "the forked child said READY=1: {d:#?}"
+    );
+    assert!(
+        d[after..].iter().any(|g| g.has("READY=1")),
+        "the parent's READY=1 arrives: {d:#?}"
+    );
+}
+
+#[test]
+fn shutdown_right_after_a_stall_reports_it_recovered() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wd = Watchdog::builder()
+        .stall_threshold(Duration::from_millis(200))
+        .probe_interval(Duration::from_millis(100))
+        .no_hiccups()
+        .report_dir(dir.path())
+        .watch("main", rt.handle().clone())
+        .on_stall(move |e| {
+            let _ = tx.send(e.clone());
+        })
+        .start()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::spawn(async { common::block_for(Duration::from_millis(700)) })
+            .await
+            .unwrap();
+    });
+    // The worker answers the probe as soon as the block ends; shutdown's
+    // last look sees that before the monitor's next regular tick.
+    wd.shutdown();
+    let events: Vec<_> = rx.try_iter().collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, loopwatch::StallEvent::Ended { .. })),
+        "the stall ended before shutdown: {events:#?}"
+    );
+    let r = common::newest_report(dir.path()).expect("a report");
+    assert_eq!(r["recovered"], true, "{}", r["times"]);
+}
