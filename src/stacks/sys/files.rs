@@ -1,6 +1,6 @@
 //! The `unsafe` calls of stack capture that are not about the signal:
-//! read-only views of files, giving free heap back to the OS, and reading
-//! the vdso image.
+//! read-only views of files, giving free heap back to the OS, reading
+//! the vdso image, and the calling thread's CPU clock.
 //!
 //! This is part of [`super`], the one place with `unsafe` in loopwatch;
 //! each block has its `// SAFETY:` comment.
@@ -64,4 +64,22 @@ pub(crate) fn read_vdso(start: u64, end: u64) -> Option<Vec<u8>> {
     // mapping as listed in /proc/self/maps.
     let image = unsafe { std::slice::from_raw_parts(start as *const u8, len) };
     Some(image.to_vec())
+}
+
+/// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`).
+pub(crate) fn thread_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec we own; the clock id
+    // is a constant every Linux kernel supports.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
 }

@@ -38,11 +38,11 @@
 //! disposition went back to the default.
 //!
 //! The other `unsafe` calls (read-only file views, `malloc_trim`, the
-//! vdso image) are in [`files`].
+//! vdso image, the thread CPU clock) are in [`files`].
 
 mod files;
 
-pub(crate) use files::{map_file, map_file_range, read_vdso, return_free_heap};
+pub(crate) use files::{map_file, map_file_range, read_vdso, return_free_heap, thread_cpu_time};
 
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -53,24 +53,6 @@ use crate::error::Error;
 /// The kernel thread id of the calling thread.
 pub(crate) fn current_tid() -> i32 {
     raw_gettid()
-}
-
-/// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`).
-pub(crate) fn thread_cpu_time() -> std::time::Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec we own; the clock id
-    // is a constant every Linux kernel supports.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return std::time::Duration::ZERO;
-    }
-    std::time::Duration::new(
-        u64::try_from(ts.tv_sec).unwrap_or(0),
-        u32::try_from(ts.tv_nsec).unwrap_or(0),
-    )
 }
 
 fn raw_gettid() -> i32 {
