@@ -71,6 +71,22 @@ pub struct CaptureTimes {
     pub symbolize: Duration,
 }
 
+impl CaptureTimes {
+    fn of(c: &crate::stacks::Capture) -> Self {
+        CaptureTimes {
+            threads: c.threads.len(),
+            captured: c
+                .threads
+                .iter()
+                .filter(|t| t.outcome == CaptureOutcome::Captured)
+                .count(),
+            signal: c.signal_duration,
+            unwind: c.unwind_duration,
+            symbolize: c.symbolize_duration,
+        }
+    }
+}
+
 /// One thread of a capture, as the budget tests and benches see it.
 #[derive(Debug, Clone)]
 pub struct ThreadOutcome {
@@ -127,20 +143,7 @@ impl CaptureBench {
         let started = Instant::now();
         let c = self.0.capture_within(&[tid], Duration::from_millis(50));
         let took = started.elapsed();
-        (
-            took,
-            CaptureTimes {
-                threads: c.threads.len(),
-                captured: c
-                    .threads
-                    .iter()
-                    .filter(|t| t.outcome == CaptureOutcome::Captured)
-                    .count(),
-                signal: c.signal_duration,
-                unwind: c.unwind_duration,
-                symbolize: c.symbolize_duration,
-            },
-        )
+        (took, CaptureTimes::of(&c))
     }
 
     /// Captures every thread of the process, for a symbolization bench.
@@ -162,18 +165,7 @@ impl CaptureBench {
 
     /// Captures every thread of the process.
     pub fn capture_all(&self) -> CaptureTimes {
-        let c = self.0.capture_all();
-        CaptureTimes {
-            threads: c.threads.len(),
-            captured: c
-                .threads
-                .iter()
-                .filter(|t| t.outcome == CaptureOutcome::Captured)
-                .count(),
-            signal: c.signal_duration,
-            unwind: c.unwind_duration,
-            symbolize: c.symbolize_duration,
-        }
+        CaptureTimes::of(&self.0.capture_all())
     }
 }
 

@@ -59,6 +59,18 @@ pub(crate) struct WorkerStuck {
     pub task: Option<StuckTask>,
 }
 
+impl StuckWorker {
+    /// The worker's thread ids for a report line: `"1234"`, or
+    /// `"1234/1240"` when the worker moved between threads.
+    pub(crate) fn tids_label(&self) -> String {
+        self.tids
+            .iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+}
+
 impl WorkerStuck {
     /// The report section for this worker as of `now`.
     pub(crate) fn to_report(&self, now: u64) -> StuckWorker {

@@ -9,7 +9,7 @@
 //!
 //! * **runtime** — the Rust standard library (`std`, `core`, `alloc`, ...),
 //!   tokio and the crates it runs on ([`RUNTIME_CRATES`]), loopwatch, and
-//!   the C runtime (libc, the dynamic loader, the vdso: [`SYSTEM_MODULES`]);
+//!   the C runtime (libc, the dynamic loader, the vdso: [`crate::stacks::is_system_module`]);
 //! * **dependency** — any other crate: from a registry, a git checkout, or
 //!   vendored sources, and C code linked into the binary;
 //! * **own** — the application's workspace.
@@ -30,7 +30,7 @@
 pub(crate) mod names;
 pub(crate) mod paths;
 
-use crate::stacks::{Frame, Origin, ThreadStack};
+use crate::stacks::{is_system_module, Frame, Origin, ThreadStack};
 
 use paths::SourcePlace;
 
@@ -65,23 +65,6 @@ pub(crate) const RUNTIME_CRATES: &[&str] = &[
     "tracing_core",
     "backtrace",
     "loopwatch",
-];
-
-/// Modules of the C runtime (file name prefixes).
-pub(crate) const SYSTEM_MODULES: &[&str] = &[
-    "libc.so",
-    "libc-",
-    "libpthread",
-    "ld-linux",
-    "ld-musl",
-    "ld.so",
-    "libgcc_s",
-    "libdl",
-    "librt",
-    "libm.so",
-    "libstdc++",
-    "[vdso]",
-    "linux-vdso",
 ];
 
 /// Entry points of the C runtime found at the root of every stack.
@@ -192,9 +175,7 @@ impl OwnCode {
 
     /// Whether `f` is in a system library (libc, the loader, the vdso).
     pub(crate) fn is_system(&self, f: &Frame) -> bool {
-        f.module
-            .as_deref()
-            .is_some_and(|m| SYSTEM_MODULES.iter().any(|s| m.starts_with(s)))
+        f.module.as_deref().is_some_and(is_system_module)
     }
 
     fn is_named(&self, krate: &str) -> bool {
@@ -295,6 +276,17 @@ impl OwnCode {
                 .learned
                 .iter()
                 .all(|(_, how)| *how == Learned::ExecutableName)
+    }
+}
+
+/// Whose code a frame of origin `o` is, in words for a report ("your
+/// code", "a dependency", "the runtime", or "no symbols" when unknown).
+pub(crate) fn whose_code(o: Option<Origin>) -> &'static str {
+    match o {
+        Some(Origin::Own) => "your code",
+        Some(Origin::Dependency) => "a dependency",
+        Some(Origin::Runtime) => "the runtime",
+        None => "no symbols",
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::layout::{fit, frame_line, workspace_root, write_frames, write_wrapped, WIDTH};
 use super::StallReport;
-use crate::origin::names;
+use crate::origin::{names, whose_code};
 use crate::stacks::Origin;
 use crate::status::human;
 
@@ -49,15 +49,6 @@ pub(crate) fn sparkline(values: &[f64]) -> String {
 
 fn secs(v: f64) -> String {
     human(Duration::from_secs_f64(v.max(0.0)))
-}
-
-fn origin_word(o: Option<Origin>) -> &'static str {
-    match o {
-        Some(Origin::Own) => "your code",
-        Some(Origin::Dependency) => "a dependency",
-        Some(Origin::Runtime) => "the runtime",
-        None => "no symbols",
-    }
 }
 
 impl StallReport {
@@ -209,7 +200,7 @@ impl StallReport {
                 let line = frame_line("culprit: ", &frame, root);
                 let _ = writeln!(s, "{}", fit(&format!("{line}{thread}"), WIDTH));
                 if let Some(st) = &c.stuck_in {
-                    let prefix = format!("stuck in ({}): ", origin_word(st.origin));
+                    let prefix = format!("stuck in ({}): ", whose_code(st.origin));
                     let _ = writeln!(s, "{}", frame_line(&prefix, st, root));
                 }
             }
@@ -296,11 +287,7 @@ impl StallReport {
                 let line = format!(
                     "  - worker {} (thread {} {:?}) stuck for {}{}",
                     w.worker,
-                    w.tids
-                        .iter()
-                        .map(|t| t.to_string())
-                        .collect::<Vec<_>>()
-                        .join("/"),
+                    w.tids_label(),
                     w.thread.as_deref().unwrap_or("?"),
                     secs(w.stuck_for_seconds),
                     w.task

@@ -248,6 +248,14 @@ impl ReportStore {
         self.dropped
     }
 
+    /// Prints the compact text of a report that could not be saved in
+    /// `dir`, under `headline`, once per report id (within the stderr
+    /// budget).
+    fn print_unsaved(&mut self, now: u64, report: &StallReport, dir: &Path, headline: &str) {
+        let text = report.to_compact_text_for(Some(dir));
+        self.stderr.print(now, &report.id, headline, &text, true);
+    }
+
     /// Writes (or rewrites) `report`, pinning it first when asked.
     pub fn save(&mut self, report: &StallReport, pin: Pin) -> Saved {
         let now = self.clock.elapsed().as_secs();
@@ -278,13 +286,7 @@ impl ReportStore {
                 report.id,
                 path.display()
             );
-            self.stderr.print(
-                now,
-                &report.id,
-                &headline,
-                &report.to_compact_text_for(Some(&path)),
-                true,
-            );
+            self.print_unsaved(now, report, &path, &headline);
             return Saved::Dropped;
         }
         let written = match dir.fd() {
@@ -349,13 +351,7 @@ impl ReportStore {
                     "loopwatch: could not write stall report to {}: {e}\n",
                     path.display()
                 );
-                self.stderr.print(
-                    now,
-                    &report.id,
-                    &headline,
-                    &report.to_compact_text_for(Some(&path)),
-                    true,
-                );
+                self.print_unsaved(now, report, &path, &headline);
                 Saved::Failed
             }
         }

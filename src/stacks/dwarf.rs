@@ -2,7 +2,7 @@
 //!
 //! This module owns the expensive half of symbolization. For each module
 //! that has frames in a capture (but not the C runtime, whose symbol table
-//! is enough: see [`super::modules::is_system_module`]) it finds DWARF, in
+//! is enough: see [`super::frame::is_system_module`]) it finds DWARF, in
 //! the module itself or in a separate debug file ([`super::debugfile`]),
 //! and replaces each symbol-table frame by the functions at that address,
 //! inlined ones first, with `addr2line`. It works within a time budget and

@@ -2,7 +2,8 @@
 //!
 //! This module owns the data of a frame: [`Frame`] (an address with its
 //! function, source line, ELF module, build id and offset), where its names
-//! came from ([`SymbolSource`]) and whose code it is ([`Origin`]). It does
+//! came from ([`SymbolSource`]), whose code it is ([`Origin`]) and which
+//! module file names are the C runtime's ([`is_system_module`]). It does
 //! not produce frames ([`super::sequence`] does, by unwinding and
 //! symbolizing a copied stack), does not classify them (the `origin`
 //! module does, and defines [`Frame::is_application`]) and does not pick
@@ -75,4 +76,29 @@ pub enum Origin {
     /// The Rust standard library, the async runtime, the C library, the
     /// dynamic loader, loopwatch.
     Runtime,
+}
+
+/// Modules of the C runtime, the loader and the kernel (file name
+/// prefixes). Their symbol tables name their frames well enough, so their
+/// DWARF (Debian's `libc6-dbg` is 34 MiB once loaded) is never read, and
+/// their frames are never anyone's culprit.
+const SYSTEM_MODULES: &[&str] = &[
+    "libc.so",
+    "libc-",
+    "libpthread",
+    "ld-linux",
+    "ld-musl",
+    "ld.so",
+    "libgcc_s",
+    "libdl",
+    "librt",
+    "libm.so",
+    "libstdc++",
+    "[vdso]",
+    "linux-vdso",
+];
+
+/// Whether a module file name (not a path) is one of the C runtime's.
+pub(crate) fn is_system_module(name: &str) -> bool {
+    SYSTEM_MODULES.iter().any(|m| name.starts_with(m))
 }

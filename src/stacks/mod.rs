@@ -74,7 +74,7 @@
 //! `dwarf_file` uses `names` and `sys`; `offline` uses `dwarf_file`,
 //! `frame`, `names` and `symtab`; `coverage` uses `debugfile`, `dwarf` and
 //! `elf`; `symtab` uses `debugfile`, `elf`, `modules` and `names`;
-//! `modules` uses `elf`, `maps` and `sys`; `debugfile` uses `elf`;
+//! `modules` uses `elf`, `frame`, `maps` and `sys`; `debugfile` uses `elf`;
 //! `carry` uses `capture` and `frame`; `names` and `capture` use `frame`; `frame`, `config`, `elf`, `maps`
 //! and `sys` use no sibling.
 
@@ -115,6 +115,7 @@ mod tests;
 
 pub use capture::{Capture, CaptureOutcome, NotCaptured, ThreadStack};
 pub use config::CaptureConfig;
+pub(crate) use frame::is_system_module;
 pub use frame::{Frame, Origin, SymbolSource};
 pub use sampler::StackSampler;
 #[allow(unused_imports)] // the diagnostics read it through `symbolize`'s result

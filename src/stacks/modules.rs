@@ -26,29 +26,12 @@ use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder};
 
 use super::elf::{ElfFacts, SectionPlace};
+use super::frame::is_system_module;
 use super::maps::Mapping;
 use super::sys::Regs;
 
 /// Page size of x86_64 Linux mappings.
 const PAGE: u64 = 4096;
-
-/// Modules of the C runtime and the kernel (file name prefixes): their
-/// symbol tables name their frames well enough, and their DWARF (Debian's
-/// `libc6-dbg` is 34 MiB once loaded) is never read.
-const SYSTEM_MODULES: &[&str] = &[
-    "libc.so",
-    "libc-",
-    "libpthread",
-    "ld-linux",
-    "ld-musl",
-    "libgcc_s",
-    "libdl",
-    "librt",
-    "libm.so",
-    "libstdc++",
-    "[vdso]",
-    "linux-vdso",
-];
 
 /// A module the unwinder knows.
 #[derive(Debug, Clone)]
@@ -72,11 +55,6 @@ impl KnownModule {
     pub(crate) fn build_id(&self) -> Option<String> {
         self.elf.as_ref()?.build_id_hex()
     }
-}
-
-/// Whether a module file name is one of the C runtime's.
-pub(crate) fn is_system_module(name: &str) -> bool {
-    SYSTEM_MODULES.iter().any(|m| name.starts_with(m))
 }
 
 /// Bytes of a section for the unwinder: a view of the file, or (for the

@@ -326,18 +326,7 @@ impl Attempt<'_> {
         if again.syscall.as_ref().and_then(|s| s.user_regs) != Some((sp, pc)) {
             return None;
         }
-        let started = Instant::now();
-        let regs = sys::Regs { ip: pc, sp, bp: 0 };
-        let mut result = self.modules.unwind(regs, self.arena.stack(len), MAX_FRAMES);
-        if result
-            .frames
-            .iter()
-            .any(|f| self.modules.find(f.address_for_lookup()).is_none())
-            && self.modules.refresh(&maps::read_maps()) > 0
-        {
-            result = self.modules.unwind(regs, self.arena.stack(len), MAX_FRAMES);
-        }
-        self.capture.unwind_duration += started.elapsed();
+        let result = self.unwind(sys::Regs { ip: pc, sp, bp: 0 }, len);
         // Only the stack and instruction pointers are known: a frame whose
         // caller is found through the frame pointer (code built with frame
         // pointers, debug builds) cannot be passed. Keep the stack only if
@@ -363,6 +352,25 @@ impl Attempt<'_> {
     /// (`start_thread`/`clone3` for a spawned thread, `__libc_start_main`
     /// under `_start` for the main one). A stack cut short by an unknown
     /// frame pointer ends in the application instead.
+    /// Unwinds the `len` bytes of stack in the arena from `regs`, once more
+    /// after re-reading the module list when a frame lies in no known
+    /// module (a library loaded since the list was read), and adds the
+    /// time taken to the capture's unwind time.
+    fn unwind(&mut self, regs: sys::Regs, len: usize) -> Unwound {
+        let started = Instant::now();
+        let mut result = self.modules.unwind(regs, self.arena.stack(len), MAX_FRAMES);
+        if result
+            .frames
+            .iter()
+            .any(|f| self.modules.find(f.address_for_lookup()).is_none())
+            && self.modules.refresh(&maps::read_maps()) > 0
+        {
+            result = self.modules.unwind(regs, self.arena.stack(len), MAX_FRAMES);
+        }
+        self.capture.unwind_duration += started.elapsed();
+        result
+    }
+
     fn reaches_root(&self, result: &Unwound) -> bool {
         if result.stopped.is_some() || result.frames.len() < 4 {
             return false;
@@ -468,18 +476,7 @@ impl Attempt<'_> {
                         );
                         continue;
                     }
-                    let started = Instant::now();
-                    let mut result = self.modules.unwind(regs, self.arena.stack(len), MAX_FRAMES);
-                    if result
-                        .frames
-                        .iter()
-                        .any(|f| self.modules.find(f.address_for_lookup()).is_none())
-                        && self.modules.refresh(&maps::read_maps()) > 0
-                    {
-                        // A library loaded since the list was read.
-                        result = self.modules.unwind(regs, self.arena.stack(len), MAX_FRAMES);
-                    }
-                    self.capture.unwind_duration += started.elapsed();
+                    let result = self.unwind(regs, len);
                     t.outcome = CaptureOutcome::Captured;
                     t.not_captured = None;
                     t.registers = Some(Registers {

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use super::reading::{location, physical, AnchorKind, Reading};
 use super::{Culprit, Evidence, Verdict, VerdictKind};
-use crate::origin::names;
+use crate::origin::{names, whose_code};
 use crate::stacks::{CaptureOutcome, Frame, Origin, ThreadStack};
 use crate::status::human;
 
@@ -176,7 +176,7 @@ fn judge(
                 evidence.push(format!(
                     "below it, the thread was in {} ({}){via}",
                     frame_name(s),
-                    origin_word(s.origin)
+                    whose_code(s.origin)
                 ));
             }
         }
@@ -402,15 +402,6 @@ fn summary(kind: VerdictKind, anchor_kind: AnchorKind, w: &Words<'_>) -> String 
             w.looks
         ),
         _ => format!("the event loop thread is in {place}; the kind of stall is unclear"),
-    }
-}
-
-fn origin_word(o: Option<Origin>) -> &'static str {
-    match o {
-        Some(Origin::Own) => "your code",
-        Some(Origin::Dependency) => "a dependency",
-        Some(Origin::Runtime) => "the runtime",
-        None => "no symbols",
     }
 }
 

@@ -189,11 +189,7 @@ pub(crate) fn decide(e: &Evidence<'_>) -> (Verdict, Option<Culprit>) {
             format!(
                 "worker {} (thread {}) made no progress for {}{}",
                 w.worker,
-                w.tids
-                    .iter()
-                    .map(|t| t.to_string())
-                    .collect::<Vec<_>>()
-                    .join("/"),
+                w.tids_label(),
                 human(Duration::from_secs_f64(w.stuck_for_seconds.max(0.0))),
                 w.task
                     .as_ref()

@@ -133,32 +133,10 @@ pub fn write(reports: &[Loaded], top: usize, out: &mut dyn Write) -> io::Result<
         )?;
     }
 
-    writeln!(out, "\ntop culprits by count:")?;
-    writeln!(
-        out,
-        "  {:>6}  {:>8}  {:>5}  CULPRIT",
-        "STALLS", "STALLED", "HOSTS"
-    )?;
-    for (name, c) in all
-        .culprits_by(|c| (c.stalls, c.stalled))
-        .into_iter()
-        .take(top)
-    {
-        write_culprit(out, name, c)?;
-    }
-    writeln!(out, "\ntop culprits by total stalled time:")?;
-    writeln!(
-        out,
-        "  {:>6}  {:>8}  {:>5}  CULPRIT",
-        "STALLS", "STALLED", "HOSTS"
-    )?;
-    for (name, c) in all
-        .culprits_by(|c| (c.stalled, c.stalls))
-        .into_iter()
-        .take(top)
-    {
-        write_culprit(out, name, c)?;
-    }
+    let by_count = all.culprits_by(|c| (c.stalls, c.stalled));
+    write_culprit_table(out, "top culprits by count", by_count, top)?;
+    let by_time = all.culprits_by(|c| (c.stalled, c.stalls));
+    write_culprit_table(out, "top culprits by total stalled time", by_time, top)?;
     if all.no_culprit > 0 {
         writeln!(
             out,
@@ -198,6 +176,25 @@ pub fn write(reports: &[Loaded], top: usize, out: &mut dyn Write) -> io::Result<
                 short_duration(c.stalled)
             )?;
         }
+    }
+    Ok(())
+}
+
+/// A titled table of the first `top` culprits of `ranked`.
+fn write_culprit_table(
+    out: &mut dyn Write,
+    title: &str,
+    ranked: Vec<(&str, &Culprit<'_>)>,
+    top: usize,
+) -> io::Result<()> {
+    writeln!(out, "\n{title}:")?;
+    writeln!(
+        out,
+        "  {:>6}  {:>8}  {:>5}  CULPRIT",
+        "STALLS", "STALLED", "HOSTS"
+    )?;
+    for (name, c) in ranked.into_iter().take(top) {
+        write_culprit(out, name, c)?;
     }
     Ok(())
 }
