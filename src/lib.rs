@@ -8,25 +8,70 @@
 //!
 //! * a **probe** task on each watched runtime is woken by the monitor and
 //!   stamps when it was polled; the difference is the loop's lag, in µs;
-//! * the **monitor** thread forwards systemd's `WATCHDOG=1` only while
-//!   every runtime answers within the stall threshold, and says in the log,
-//!   in `STATUS=` and to your callback when a loop stalls and recovers;
+//! * the **monitor** thread forwards systemd's `WATCHDOG=1` only while no
+//!   runtime withholds it, and says in the log, in `STATUS=` and to your
+//!   callback ([`Builder::on_stall`]) when a loop stalls and recovers;
 //! * on a stall it captures **every thread's stack** (a real-time signal
-//!   whose handler only copies registers and stack; unwinding and
-//!   symbolization happen afterwards on the monitor thread), decides a
-//!   [`Verdict`] and a [`Culprit`], and writes a [`StallReport`] atomically
+//!   whose handler only copies registers and stack; a thread asleep in a
+//!   system call is read from `/proc` without one), decides a [`Verdict`]
+//!   from thread states, system calls, CPU time and stack addresses (no
+//!   symbols needed), names the [`Culprit`] — the innermost frame of your
+//!   own code in the stuck poll, and the frame it was stuck in below it
+//!   ([`Builder::own_crates`]) — and writes a [`StallReport`] atomically
 //!   before systemd's watchdog deadline ([`Builder::report_dir`]);
-//! * it exports Prometheus metrics and serves `/metrics` and `/healthz`
-//!   from a thread of its own ([`Builder::serve_metrics`]), the liveness
-//!   probe's `WATCHDOG=1`;
+//! * blocks of the loop above a warn threshold but short of a stall are
+//!   recorded as [`Hiccup`]s with their culprit
+//!   ([`Builder::warn_threshold`], [`Watchdog::hiccups`]);
+//! * it exports Prometheus metrics and serves `/metrics`, `/healthz` (the
+//!   liveness probe's `WATCHDOG=1`) and `/hiccups` from a thread of its own
+//!   ([`Builder::serve_metrics`]);
 //! * with [`RuntimeHooks`] installed on a multi-thread runtime it also
 //!   catches one worker stuck in a poll while the others still answer the
 //!   probe ([`Builder::watch_with_hooks`]).
 //!
+//! # Incidents
+//!
+//! A runtime's stall, whatever its causes (its probe, its stuck workers),
+//! is one incident: counted once, one report, one [`StallEvent`] pair. It
+//! withholds pings while the probe is stalled, or once a worker has been
+//! stuck longer than [`Builder::worker_stuck_limit`] (30 s by default: a
+//! stuck worker is reported at once, but a restart drops every in-flight
+//! request). A stall storm — like stalls within
+//! [`Builder::storm_cool_down`] — is coalesced into one report, and full
+//! reports and their bytes are capped per hour
+//! ([`Builder::max_reports_per_hour`], [`Builder::max_report_bytes_per_hour`]).
+//!
+//! # Binaries as shipped
+//!
+//! Nothing about symbols is loaded while the daemon is healthy: at a stall
+//! the first report names frames from the symbol table, then a DWARF pass
+//! adds files, lines and inlined functions, and everything is released.
+//! With Cargo's default release profile reports name functions but not
+//! inlined ones; `debug = "line-tables-only"` in `[profile.release]` adds
+//! files, lines and inlined functions (disk only); with `strip = true`
+//! every frame still carries its module's build id and offset, which
+//! [`symbolize_offset`] (or `loopwatch symbolize`) resolves later against
+//! the build's debug file; separate debug files under `/usr/lib/debug` or
+//! named by `.gnu_debuglink` are found automatically. At start loopwatch
+//! logs once what its reports will be able to name and how to get more.
+//!
+//! # Logs, journal and the `loopwatch` command
+//!
+//! loopwatch logs through `tracing`: without a subscriber nothing is
+//! printed (the compact stall report still goes to stderr when no report
+//! file is written). Under systemd each stall, recovery, stuck worker and
+//! coalesced storm is also a structured journal entry with a fixed
+//! `MESSAGE_ID` (the catalog is in [`journal`]). The `loopwatch` command
+//! (feature `cli`) lists, shows, summarises, symbolizes and draws as a
+//! flame graph the reports of many hosts; [`StallReport::from_json`] reads
+//! them in your own tools.
+//!
 //! loopwatch never takes the daemon down by itself: a bad setting is a
-//! typed [`Error`] from [`Builder::start`], and a failure at run time (a ping
+//! typed [`Error`] from [`Builder::start`]; a failure at run time (a ping
 //! that cannot be sent, a report that cannot be written, a panicking
-//! callback) is counted, logged and survived.
+//! callback, a panic inside loopwatch) is counted, logged and survived.
+//! After repeated panics the monitor stops for good and says so: no more
+//! pings, `/healthz` 503, [`Status::monitor_failure`].
 //!
 //! # Quick start
 //!
@@ -46,6 +91,9 @@
 //!     Ok(())
 //! }
 //! ```
+//!
+//! (A `main` returning `Box<dyn Error>` prints an error's `Debug` form;
+//! print `{e}` yourself for the readable message.)
 //!
 //! Under systemd use `Type=notify`, `NotifyAccess=main` and `WatchdogSec=`;
 //! the threshold then defaults to a quarter of `WatchdogSec=`.
