@@ -1,7 +1,8 @@
 //! Issue 13's classes of stall, end to end through the public API and the
 //! demo daemon: CPU inside a dependency called from the application, a
 //! blocking call inside an `async fn`, a loop saturated by many short
-//! polls, a hooked runtime that stalls whole (one incident), and a single
+//! polls, a hooked runtime that stalls whole (one incident, which ends only
+//! when its last stuck worker moves), and a single
 //! stuck worker (reported at once, pings withheld only after the limit).
 //! Every text report stays within 160 columns. (A CPU stall in a stripped
 //! binary is in `tests/shipped_binaries.rs`.)
@@ -187,6 +188,61 @@ fn a_hooked_runtime_stalled_whole_is_one_incident() {
     assert!(
         (1.0..=2.5).contains(&d),
         "its duration covers the whole stall: {d}"
+    );
+}
+
+/// The value of `loopwatch_stalled{runtime="main"}` in `registry`.
+fn stalled_gauge(registry: &prometheus::Registry) -> String {
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("loopwatch_stalled{runtime=\"main\"} "))
+        .unwrap_or_else(|| panic!("no loopwatch_stalled for main:\n{text}"))
+        .to_string()
+}
+
+#[test]
+fn a_stall_ends_only_when_its_last_stuck_worker_moves() {
+    let hooks = RuntimeHooks::new();
+    let rt = hooked_runtime(&hooks, 2);
+    let registry = prometheus::Registry::new();
+    let wd = Watchdog::builder()
+        .stall_threshold(Duration::from_millis(300))
+        .registry(registry.clone())
+        .watch_with_hooks("main", rt.handle().clone(), &hooks)
+        .start()
+        .unwrap();
+    let (during, after) = rt.block_on(async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Both workers blocked, so the probe stalls; one moves after 1 s,
+        // and the probe is answered again while the other is still stuck.
+        let short = tokio::spawn(async { block_this_worker(Duration::from_millis(1000)) });
+        let long = tokio::spawn(async { block_this_worker(Duration::from_millis(3500)) });
+        short.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let during = (wd.status(), stalled_gauge(&registry));
+        long.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        (during, (wd.status(), stalled_gauge(&registry)))
+    });
+    wd.shutdown();
+    let (st, gauge) = during;
+    assert_eq!(
+        gauge, "1",
+        "loopwatch_stalled stays 1 while a worker of the stall is still stuck: {st:?}"
+    );
+    assert!(
+        !st.healthy,
+        "pings stay withheld (and /healthz unhealthy) while a worker of the stall is stuck: {st:?}"
+    );
+    let (st, gauge) = after;
+    assert_eq!(gauge, "0", "cleared once every cause has ended: {st:?}");
+    assert!(st.healthy, "{st:?}");
+    assert_eq!(
+        st.runtime("main").unwrap().stalls,
+        1,
+        "one incident: {st:?}"
     );
 }
 

@@ -161,9 +161,9 @@ impl Families {
             stalled: IntGaugeVec::new(
                 Opts::new(
                     "loopwatch_stalled",
-                    "1 while loopwatch withholds watchdog pings for this runtime (its probe \
-                     stalled, or a worker stuck longer than the worker-stuck limit), until every \
-                     cause has ended; else 0.",
+                    "1 from when loopwatch starts withholding watchdog pings for this runtime \
+                     (its probe stalled, or a worker stuck longer than the worker-stuck limit) \
+                     until every cause of that stall has ended (probe and stuck workers); else 0.",
                 ),
                 rt,
             )?,

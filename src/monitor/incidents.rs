@@ -10,10 +10,11 @@
 //! worker did).
 //!
 //! An incident withholds pings (and makes `/healthz` unhealthy, and
-//! `loopwatch_stalled` 1) while its probe is stalled, or while a worker has
-//! been stuck longer than the worker-stuck limit; a stuck worker is
-//! reported at once but, while the other workers still answer the probe,
-//! only withholds pings after that limit. Each change is said once in the
+//! `loopwatch_stalled` 1) from when its probe stalls, or a worker has been
+//! stuck longer than the worker-stuck limit, until every cause has ended: a
+//! probe that answers again while a worker is still stuck does not end
+//! it. A stuck worker alone is reported at once but, while the other
+//! workers still answer the probe, only withholds pings after that limit. Each change is said once in the
 //! log and handed to the diagnostics; the application's callback's panics
 //! are caught here. The transitions themselves are decided elsewhere
 //! ([`health`](crate::health) for probes, [`hooks`](crate::hooks) for
@@ -89,6 +90,13 @@ impl Monitor {
                     incident.probe_stalled = false;
                 }
                 self.update_withholding(i, now);
+                if self.loops[i].incident.as_ref().is_some_and(|c| c.withholds) {
+                    tracing::warn!(
+                        runtime = %name,
+                        "event loop {name:?} answers its probe again, but a worker is still \
+                         stuck: watchdog pings stay withheld until it moves"
+                    );
+                }
                 self.close_if_over(i, ended_at);
             }
             Transition::Gone => {
@@ -355,7 +363,8 @@ impl Monitor {
     }
 
     /// Whether runtime `i`'s incident withholds pings at `now`: its probe
-    /// is stalled, or a worker has been stuck longer than the limit. Keeps
+    /// is stalled, or a worker has been stuck longer than the limit, or it
+    /// withheld them already and a worker is still stuck. Keeps
     /// `loopwatch_stalled` in step and says when it starts withholding.
     pub(super) fn update_withholding(&mut self, i: usize, now: u64) {
         let limit = self.shared.settings.worker_stuck_limit.map(micros);
@@ -370,7 +379,13 @@ impl Monitor {
                 .map(|s| s.worker),
             _ => None,
         };
-        let withholds = incident.probe_stalled || worker_over_limit.is_some();
+        // Once withheld, pings stay withheld until every cause has ended: a
+        // probe that answers again while a worker is still stuck has not
+        // ended the stall.
+        let still_stuck = incident.withholds
+            && !incident.probe_stalled
+            && w.workers.as_ref().is_some_and(WorkerWatch::any_stuck);
+        let withholds = incident.probe_stalled || worker_over_limit.is_some() || still_stuck;
         if withholds == incident.withholds {
             return;
         }
