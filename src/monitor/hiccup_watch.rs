@@ -14,8 +14,10 @@
 //! small budget, and stall detection runs in the same tick after it.
 
 use super::{guard_diag, Monitor};
-use crate::clock::us;
-use crate::hiccups::{Hiccup, HiccupCause, LogAggregator, Suppressed};
+use crate::clock::{self, us};
+use crate::hiccups::{
+    Hiccup, HiccupCause, LogAggregator, Suppressed, OTHER_CULPRIT, UNKNOWN_CULPRIT,
+};
 use crate::probe::ProbeReading;
 use crate::report::wall;
 use crate::stacks::ThreadStack;
@@ -29,8 +31,13 @@ struct Pending {
     woken_at: u64,
     /// The loop thread's capture, when one was taken.
     sample: Option<ThreadStack>,
-    /// When the capture was taken (µs clock).
+    /// When the capture was started (µs clock).
     taken_at: u64,
+    /// When the capture was over (µs clock): a probe answered before then
+    /// may have been answered before the stack was copied, so the sample
+    /// may show the loop after the block (idle in `epoll_wait`), not the
+    /// block itself.
+    done_at: u64,
 }
 
 /// One runtime's hiccup state.
@@ -91,6 +98,7 @@ impl Monitor {
                     woken_at,
                     sample,
                     taken_at: now,
+                    done_at: clock::now_us(),
                 });
             }
             ProbeReading::Answered {
@@ -103,8 +111,10 @@ impl Monitor {
                     return;
                 }
                 w.hiccups.recorded = Some(woken_at);
+                // A sample is of the block only if the block outlived it;
+                // else the hiccup is recorded as not caught live.
                 let sample = match w.hiccups.pending.take() {
-                    Some(p) if p.woken_at == woken_at => p.sample,
+                    Some(p) if p.woken_at == woken_at && answered_at > p.done_at => p.sample,
                     _ => None,
                 };
                 self.record_hiccup(i, woken_at, lag, sample, false, now);
@@ -244,10 +254,16 @@ impl Monitor {
 /// One log line per culprit whose hiccups the last minute held back.
 fn say_held_back(name: &str, held_back: Vec<(String, Suppressed)>) {
     for (c, s) in held_back {
+        let blocks = if s.count == 1 { "block" } else { "blocks" };
+        let place = match c.as_str() {
+            UNKNOWN_CULPRIT => "with no culprit caught".to_string(),
+            OTHER_CULPRIT => "in other functions (past the culprit cap)".to_string(),
+            c => format!("like it in {c}"),
+        };
         tracing::info!(
             runtime = %name,
             culprit = %c,
-            "event loop {name:?}: {} more blocks like it in {c} in the last minute (longest {})",
+            "event loop {name:?}: {} more {blocks} {place} in the last minute (longest {})",
             s.count,
             human(us(s.longest))
         );

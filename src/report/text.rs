@@ -12,7 +12,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use super::layout::{fit, frame_line, workspace_root, write_frames, write_wrapped, WIDTH};
+use super::layout::{
+    fit, fit_middle, frame_line, workspace_root, write_frames, write_wrapped, WIDTH,
+};
 use super::StallReport;
 use crate::origin::{names, whose_code};
 use crate::stacks::Origin;
@@ -300,6 +302,61 @@ impl StallReport {
         }
     }
 
+    /// The hiccups before the stall (the last few) and the top blockers
+    /// by blocked time, when there are any.
+    fn write_hiccups(&self, s: &mut String) {
+        const SHOWN_HICCUPS: usize = 8;
+        const SHOWN_BLOCKERS: usize = 5;
+        if !self.hiccups.is_empty() {
+            let n = self.hiccups.len();
+            let shown = n.min(SHOWN_HICCUPS);
+            let _ = writeln!(
+                s,
+                "\nhiccups before the stall ({n}{}, oldest first):",
+                if shown < n {
+                    format!(", last {shown} shown")
+                } else {
+                    String::new()
+                }
+            );
+            for h in &self.hiccups[n - shown..] {
+                // RFC 3339 start: the time of day is what a reader needs.
+                let at = h.start.get(11..23).unwrap_or(&h.start);
+                let mut line = format!(
+                    "  {at}  {:>9}  {}{}",
+                    secs(h.duration_seconds),
+                    if h.grew_into_stall {
+                        "(grew into this stall) "
+                    } else {
+                        ""
+                    },
+                    h.cause,
+                );
+                if let Some(c) = &h.culprit {
+                    let room = WIDTH.saturating_sub(line.chars().count() + 4);
+                    let _ = write!(line, " in {}", fit_middle(&names::elide_generics(c), room));
+                }
+                let _ = writeln!(s, "{line}");
+            }
+        }
+        if !self.top_blockers.is_empty() {
+            let _ = writeln!(
+                s,
+                "top blockers since start, by blocked time:\n  {:>6}  {:>9}  CULPRIT",
+                "BLOCKS", "BLOCKED"
+            );
+            for b in self.top_blockers.iter().take(SHOWN_BLOCKERS) {
+                let line = format!(
+                    "  {:>6}  {:>9}  {}",
+                    b.count,
+                    secs(b.seconds),
+                    names::elide_generics(&b.culprit)
+                );
+                let _ = writeln!(s, "{}", fit(&line, WIDTH));
+            }
+        }
+    }
+
     /// The full human-readable report. No line is wider than 160
     /// characters; the JSON keeps every name and path whole.
     pub fn to_text(&self) -> String {
@@ -320,6 +377,7 @@ impl StallReport {
                 sparkline(&lags)
             );
         }
+        self.write_hiccups(&mut s);
         let total: usize = self.threads.iter().map(|g| g.count).sum();
         let _ = writeln!(
             s,
@@ -390,7 +448,7 @@ impl StallReport {
         }
         let p = &self.process;
         let process = format!(
-            "\nprocess: pid {}{}, {} threads, RSS {:.1} MiB, up {}, executable {}, build id {}",
+            "\nprocess: pid {}{}, {} threads, RSS {:.1} MiB, up {}",
             p.pid,
             p.host
                 .as_deref()
@@ -399,10 +457,17 @@ impl StallReport {
             p.threads,
             p.rss_bytes as f64 / (1024.0 * 1024.0),
             human(p.uptime),
-            p.executable.as_deref().unwrap_or("?"),
-            p.build_id.as_deref().unwrap_or("?")
         );
         let _ = writeln!(s, "{}", fit(&process, WIDTH + 1));
+        // The build id is what `loopwatch symbolize` matches debug files
+        // by: it is never cut; a long executable path loses its middle.
+        let build_id = format!(", build id {}", p.build_id.as_deref().unwrap_or("?"));
+        let room = WIDTH.saturating_sub("executable ".len() + build_id.chars().count());
+        let _ = writeln!(
+            s,
+            "executable {}{build_id}",
+            fit_middle(p.executable.as_deref().unwrap_or("?"), room)
+        );
         let _ = writeln!(
             s,
             "settings: threshold {}, probe every {}, watchdog {}, deadline margin {}",

@@ -309,3 +309,79 @@ fn the_compact_form_stays_one_screen_at_its_longest() {
         "{compact}"
     );
 }
+
+#[test]
+fn the_text_lists_the_hiccups_before_the_stall_and_the_top_blockers() {
+    use crate::hiccups::{Blocker, Hiccup, HiccupCause};
+    let hiccup = |i: usize, culprit: Option<String>, grew: bool| Hiccup {
+        runtime: "main".into(),
+        start: format!("2026-11-24T21:57:{:02}.{:03}Z", 10 + i, i),
+        duration_seconds: 0.087,
+        cause: HiccupCause::OnCpu,
+        culprit,
+        stack: Vec::new(),
+        caught_live: true,
+        grew_into_stall: grew,
+    };
+    let mut r = report();
+    r.hiccups = (0..10)
+        .map(|i| hiccup(i, Some(format!("myapp::render{i}")), false))
+        .chain([hiccup(
+            10,
+            Some(format!("myapp::{}::f<T>", "deep".repeat(60))),
+            true,
+        )])
+        .collect();
+    r.top_blockers = vec![
+        Blocker {
+            culprit: "myapp::render3".into(),
+            count: 54,
+            seconds: 8.2,
+        },
+        Blocker {
+            culprit: "unknown".into(),
+            count: 3,
+            seconds: 0.4,
+        },
+    ];
+    let text = r.to_text();
+    assert!(widest(&text) <= 160, "{:?}", widest_line(&text));
+    assert!(
+        text.contains("hiccups before the stall (11, last 8 shown, oldest first):"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("myapp::render2\n"),
+        "older ones left out: {text}"
+    );
+    assert!(
+        text.contains("  21:57:17.007    87.0 ms  on CPU in myapp::render7\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  21:57:20.010    87.0 ms  (grew into this stall) on CPU in myapp::deep"),
+        "{text}"
+    );
+    assert!(
+        text.contains("top blockers since start, by blocked time:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("      54      8.2 s  myapp::render3"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_long_executable_path_never_cuts_the_build_id() {
+    let text = report().to_text();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("executable "))
+        .unwrap_or_else(|| panic!("no executable line:\n{text}"));
+    assert!(
+        line.ends_with(", build id 0123456789abcdef0123456789abcdef01234567"),
+        "{line}"
+    );
+    assert!(line.contains('…') && line.chars().count() <= 160, "{line}");
+}
