@@ -51,8 +51,14 @@ impl Diagnostics {
         match j.send(entry) {
             Ok(()) => {
                 self.counters.journal_sent.fetch_add(1, Ordering::Relaxed);
+                if let Some(m) = &self.metrics {
+                    m.journal_entry("sent");
+                }
             }
             Err(e) => {
+                if let Some(m) = &self.metrics {
+                    m.journal_entry("failed");
+                }
                 let failed = self.counters.journal_failed.fetch_add(1, Ordering::Relaxed) + 1;
                 // Logged on the 1st, 2nd, 4th, 8th, ... failure: bounded.
                 if failed.is_power_of_two() {
@@ -87,5 +93,59 @@ impl Diagnostics {
             k.report = Some(report);
         }
         path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::Builder;
+    use crate::metrics::Metrics;
+    use crate::notify::SystemdEnv;
+    use crate::report::StallReport;
+
+    fn journal_count(registry: &prometheus::Registry, result: &str) -> String {
+        let text = Metrics::encode(registry);
+        let series = format!("loopwatch_journal_entries_total{{result=\"{result}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+            .to_string()
+    }
+
+    #[test]
+    fn journal_entries_sent_and_failed_are_counted_in_the_metrics() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let b = Builder::new()
+            .watch("main", rt.handle().clone())
+            .no_stack_capture()
+            .no_report_files();
+        let settings = b.resolve(SystemdEnv::default()).unwrap();
+        let mut diag = Diagnostics::new(settings.clone(), settings.diagnostics.clone(), 1).unwrap();
+        let registry = prometheus::Registry::new();
+        diag.metrics = Some(Arc::new(
+            Metrics::new(&registry, &b.runtimes, Duration::from_secs(1)).unwrap(),
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.socket");
+        let journald = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        diag.journal = Some(Journal::at(&path).unwrap());
+        let entry = journal::stall_entry(&StallReport::blank(), None);
+
+        diag.to_journal(&entry);
+        let mut buf = vec![0u8; 64 * 1024];
+        assert!(journald.recv(&mut buf).unwrap() > 0, "journald got it");
+        assert_eq!(journal_count(&registry, "sent"), "1");
+        assert_eq!(journal_count(&registry, "failed"), "0");
+
+        // journald gone: the send fails, and is counted.
+        drop(journald);
+        std::fs::remove_file(&path).unwrap();
+        diag.to_journal(&entry);
+        assert_eq!(journal_count(&registry, "sent"), "1");
+        assert_eq!(journal_count(&registry, "failed"), "1");
+        assert_eq!(diag.counters.journal_failed.load(Ordering::Relaxed), 1);
     }
 }

@@ -167,6 +167,7 @@ impl Collector for LoopwatchCollector {
         d.extend(f.pings.desc());
         d.extend(f.deadline.desc());
         d.extend(f.reports.desc());
+        d.extend(f.journal_entries.desc());
         d.extend(f.capture_duration.desc());
         d.extend(f.worker_stuck.desc());
         d.extend(f.internal_errors.desc());
@@ -201,6 +202,7 @@ impl Collector for LoopwatchCollector {
             out.extend(f.deadline.collect());
         }
         out.extend(f.reports.collect());
+        out.extend(f.journal_entries.collect());
         out.extend(f.capture_duration.collect());
         out.extend(f.worker_stuck.collect());
         out.extend(f.internal_errors.collect());

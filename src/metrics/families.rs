@@ -2,9 +2,10 @@
 //!
 //! This module owns every `loopwatch_*` family's definition: its name, help
 //! text, type, label names, histogram buckets, and the bounded sets of label
-//! values ([`VERDICTS`], [`PingResult`], [`REPORT_RESULTS`]). It
-//! creates the families with the series whose absence would mislead (a ping
-//! or report result at zero) and the threshold set.
+//! values ([`VERDICTS`], [`PingResult`], [`REPORT_RESULTS`],
+//! [`JOURNAL_RESULTS`]). It creates the families with the series whose
+//! absence would mislead (a ping, report or journal result at zero) and the
+//! threshold set.
 //!
 //! It does not register anything, resolve per-runtime children or read a
 //! runtime: registration as one unit and the scrape-time tokio figures are
@@ -58,6 +59,9 @@ pub(super) const UNKNOWN_VERDICT: usize = 6;
 
 /// The values of the `result` label of `loopwatch_reports_total`.
 pub(crate) const REPORT_RESULTS: [&str; 3] = ["written", "failed", "dropped"];
+
+/// The values of the `result` label of `loopwatch_journal_entries_total`.
+pub(crate) const JOURNAL_RESULTS: [&str; 2] = ["sent", "failed"];
 
 /// The values of the `result` label of
 /// `loopwatch_exporter_connections_total`.
@@ -113,6 +117,7 @@ pub(super) struct Families {
     /// Exported only while set (see the collector).
     pub(super) deadline: Gauge,
     pub(super) reports: IntCounterVec,
+    pub(super) journal_entries: IntCounterVec,
     pub(super) capture_duration: Histogram,
     pub(super) worker_stuck: IntGaugeVec,
     pub(super) internal_errors: IntCounterVec,
@@ -218,6 +223,14 @@ impl Families {
                     "loopwatch_reports_total",
                     "Stall report versions, by result: written to disk, failed to write, or \
                      dropped by the hourly byte cap.",
+                ),
+                &["result"],
+            )?,
+            journal_entries: IntCounterVec::new(
+                Opts::new(
+                    "loopwatch_journal_entries_total",
+                    "Structured journal entries (stall, recovery, storm) under systemd, by \
+                     result: sent to journald, or failed (journald stopped, busy or refusing).",
                 ),
                 &["result"],
             )?,
@@ -344,6 +357,9 @@ impl Families {
         }
         for result in REPORT_RESULTS {
             families.reports.with_label_values(&[result]);
+        }
+        for result in JOURNAL_RESULTS {
+            families.journal_entries.with_label_values(&[result]);
         }
         for part in INTERNAL_PARTS {
             families.internal_errors.with_label_values(&[part]);

@@ -19,7 +19,8 @@ use tokio::runtime::Handle;
 
 use super::collector::LoopwatchCollector;
 use super::families::{
-    Families, PingResult, INTERNAL_PARTS, REPORT_RESULTS, UNKNOWN_VERDICT, VERDICTS,
+    Families, PingResult, INTERNAL_PARTS, JOURNAL_RESULTS, REPORT_RESULTS, UNKNOWN_VERDICT,
+    VERDICTS,
 };
 use crate::error::Error;
 
@@ -54,6 +55,8 @@ pub(crate) struct Metrics {
     pings: [IntCounter; 3],
     /// Indexed like [`REPORT_RESULTS`].
     reports: Vec<IntCounter>,
+    /// Indexed like [`JOURNAL_RESULTS`].
+    journal_entries: Vec<IntCounter>,
     /// Indexed like [`INTERNAL_PARTS`].
     internal_errors: Vec<IntCounter>,
     registry: Registry,
@@ -112,6 +115,10 @@ impl Metrics {
             .iter()
             .map(|r| families.reports.with_label_values(&[*r]))
             .collect();
+        let journal_entries = JOURNAL_RESULTS
+            .iter()
+            .map(|r| families.journal_entries.with_label_values(&[*r]))
+            .collect();
         let internal_errors = INTERNAL_PARTS
             .iter()
             .map(|p| families.internal_errors.with_label_values(&[*p]))
@@ -123,6 +130,7 @@ impl Metrics {
             runtimes: children,
             pings,
             reports,
+            journal_entries,
             internal_errors,
             registry: registry.clone(),
         })
@@ -225,6 +233,14 @@ impl Metrics {
     pub(crate) fn report(&self, result: &str) {
         if let Some(i) = REPORT_RESULTS.iter().position(|r| *r == result) {
             self.reports[i].inc();
+        }
+    }
+
+    /// Counts one journal entry by its result, one of [`JOURNAL_RESULTS`]
+    /// (anything else is ignored).
+    pub(crate) fn journal_entry(&self, result: &str) {
+        if let Some(i) = JOURNAL_RESULTS.iter().position(|r| *r == result) {
+            self.journal_entries[i].inc();
         }
     }
 

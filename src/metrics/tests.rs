@@ -61,6 +61,7 @@ const FAMILIES: &[&str] = &[
     "loopwatch_watchdog_pings_total",
     "loopwatch_watchdog_deadline_seconds",
     "loopwatch_reports_total",
+    "loopwatch_journal_entries_total",
     "loopwatch_capture_duration_seconds",
     "loopwatch_worker_stuck",
     "loopwatch_runtime_workers",
@@ -128,6 +129,8 @@ fn counters_with_a_result_start_at_zero() {
         r#"loopwatch_watchdog_pings_total{result="failed"}"#,
         r#"loopwatch_reports_total{result="written"}"#,
         r#"loopwatch_reports_total{result="failed"}"#,
+        r#"loopwatch_journal_entries_total{result="sent"}"#,
+        r#"loopwatch_journal_entries_total{result="failed"}"#,
         r#"loopwatch_stalls_total{runtime="main"}"#,
         r#"loopwatch_stalled{runtime="main"}"#,
     ] {
