@@ -260,6 +260,12 @@ fn an_unwritable_directory_falls_back_to_stderr_and_counts() {
             && stderr.contains("loopwatch stall report"),
         "the compact report goes to stderr:\n{stderr}"
     );
+    // The test binary has DWARF: the compact report, printed before the
+    // DWARF pass, must not advise adding debug info.
+    assert!(
+        !stderr.contains("symbol table only"),
+        "no symbol-table advice for a binary with DWARF:\n{stderr}"
+    );
 }
 
 /// A small tmpfs mounted for the test, unmounted on drop.

@@ -115,6 +115,7 @@ impl Diagnostics {
             }),
             own: self.own.clone(),
             max_stack_bytes: self.max_stack_bytes(),
+            dwarf_pending: stall.symbolize_pending && crate::stacks::executable_has_dwarf(),
         };
         let (verdict, culprit) = decide(&evidence);
         stall.report.verdict = verdict;
@@ -188,9 +189,9 @@ impl Diagnostics {
         stall.report.stalled_for_seconds =
             us(at.saturating_sub(stall.first_at)).as_secs_f64() + stall.lag.as_secs_f64();
         stall.second = Some((at, second));
+        stall.symbolize_pending = self.sampler.is_some();
         self.refresh(stall, at);
         let mut path = self.write(stall);
-        stall.symbolize_pending = self.sampler.is_some();
         if let Some(p) = self.symbolize_latest(stall).and_then(|o| o.report) {
             path = Some(p);
         }

@@ -294,6 +294,8 @@ impl Diagnostics {
             polls_during_stall: None,
             own: self.own.clone(),
             max_stack_bytes: self.max_stack_bytes(),
+            // Only the storm key is decided here: the notes do not matter.
+            dwarf_pending: false,
         };
         let (verdict, culprit) = decide(&evidence);
         StallKey {

@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use super::debugfile;
 use super::dwarf::DwarfSource;
@@ -147,7 +148,7 @@ pub(crate) fn log_executable_coverage() {
     if LOGGED.swap(true, Ordering::Relaxed) {
         return;
     }
-    let Some(c) = NameCoverage::of_executable() else {
+    let Some(c) = executable_coverage() else {
         tracing::debug!("cannot read the executable's headers: symbol coverage unknown");
         return;
     };
@@ -158,6 +159,21 @@ pub(crate) fn log_executable_coverage() {
         }
         _ => tracing::info!(build_id = c.build_id.as_deref(), "loopwatch: {message}"),
     }
+}
+
+/// The main executable's coverage, read once per process.
+fn executable_coverage() -> Option<&'static NameCoverage> {
+    static COVERAGE: OnceLock<Option<NameCoverage>> = OnceLock::new();
+    COVERAGE.get_or_init(NameCoverage::of_executable).as_ref()
+}
+
+/// Whether the DWARF pass can name files, lines and inlined functions of
+/// the main executable: it has uncompressed DWARF, in itself or in a debug
+/// file that is installed.
+pub(crate) fn executable_has_dwarf() -> bool {
+    executable_coverage().is_some_and(|c| {
+        !c.compressed && matches!(c.dwarf, DwarfSource::InModule(_) | DwarfSource::Separate(_))
+    })
 }
 
 #[cfg(test)]

@@ -141,6 +141,19 @@ pub(crate) fn log_executable_coverage() {
     coverage::log_executable_coverage();
 }
 
+/// Whether the executable has DWARF the DWARF pass can read (files, lines
+/// and inlined functions); read once per process, section headers only.
+pub(crate) fn executable_has_dwarf() -> bool {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    {
+        coverage::executable_has_dwarf()
+    }
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    {
+        false
+    }
+}
+
 /// CPU time the calling thread has used (zero where unsupported).
 pub(crate) fn thread_cpu_time() -> std::time::Duration {
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]

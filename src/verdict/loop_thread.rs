@@ -270,7 +270,7 @@ fn judge(
     if kind == VerdictKind::LockWait {
         lock_waiters(e, t.tid, &mut evidence);
     }
-    symbols_note(r, &e.own, true, &mut evidence);
+    symbols_note(r, e, true, &mut evidence);
 
     let stuck_in = r.stuck_in().cloned();
     let words = Words {
@@ -452,12 +452,8 @@ fn lock_waiters(e: &Evidence<'_>, stuck: i32, evidence: &mut Vec<String>) {
 
 /// What the symbols could not say, and how to get more; with `no_culprit`,
 /// also that no own code was recognised (when the thread was busy).
-fn symbols_note(
-    r: &Reading<'_>,
-    own: &crate::origin::OwnCode,
-    no_culprit: bool,
-    evidence: &mut Vec<String>,
-) {
+fn symbols_note(r: &Reading<'_>, e: &Evidence<'_>, no_culprit: bool, evidence: &mut Vec<String>) {
+    let own = &e.own;
     let (nameless, total) = r.nameless();
     if nameless > 0 {
         evidence.push(format!(
@@ -476,7 +472,7 @@ fn symbols_note(
     };
     let symbol_table_only =
         named_outside_system().next().is_some() && named_outside_system().all(|f| f.file.is_none());
-    if symbol_table_only {
+    if symbol_table_only && !e.dwarf_pending {
         evidence.push(
             "names come from the symbol table only: no files or lines, and inlined functions (async fn \
              bodies, closures) are invisible; add `debug = \"line-tables-only\"` to [profile.release] \
@@ -510,7 +506,7 @@ fn overload_or_unknown(
         ));
     }
     if let Some(r) = readings.first() {
-        symbols_note(r, &e.own, busy > 0, &mut evidence);
+        symbols_note(r, e, busy > 0, &mut evidence);
     }
     if busy > 0 {
         evidence.push(format!(

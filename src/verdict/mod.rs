@@ -173,6 +173,10 @@ pub(crate) struct Evidence<'a> {
     pub own: OwnCode,
     /// The stack copy limit in force (`max_stack_bytes`), to tell a cut stack.
     pub max_stack_bytes: Option<usize>,
+    /// Names are still the symbol table's, but a DWARF pass that can name
+    /// files, lines and inlined functions is still to come for this
+    /// capture: no "symbol table only" advice yet.
+    pub dwarf_pending: bool,
 }
 
 /// Decides the verdict and the culprit.

@@ -348,6 +348,17 @@ fn symbol_table_names_decide_by_crate_and_say_what_is_missing() {
         v.evidence.join("\n").contains("symbol table only"),
         "{v:#?}"
     );
+    // Before a DWARF pass that will name files and lines, no such advice.
+    let frames = e.first[0].frames.clone();
+    let pending = Evidence {
+        dwarf_pending: true,
+        ..busy(vec![running(frames.clone())], Some(vec![running(frames)]))
+    };
+    let (v, _) = decide(&pending);
+    assert!(
+        !v.evidence.join("\n").contains("symbol table only"),
+        "{v:#?}"
+    );
 }
 
 #[test]
