@@ -301,7 +301,8 @@ impl Drop for Watchdog {
 /// monitor frozen: three probe intervals (the monitor wakes at least once
 /// per interval), plus the longest one step of a stall's diagnostics may
 /// keep it busy (the capture budget, or the symbolization budget), plus a
-/// second of slack for a loaded host. About 1.5 s with the defaults.
+/// second of slack for a loaded host: 0.3 + 1 + 1 = 2.3 s with the
+/// defaults (100 ms interval, 1 s symbolization budget).
 fn stale_after(settings: &Settings) -> std::time::Duration {
     let busy = settings
         .diagnostics

@@ -101,9 +101,10 @@
 //! ## `85a4305524654e18ae03f40edb3901af` — hiccup summary
 //!
 //! [`JournalEvent::HiccupSummary`], `PRIORITY=5` (notice). Event-loop
-//! blocks shorter than a stall, summarised over a period. Reserved:
-//! loopwatch does not send it yet (hiccup detection will); its fields will
-//! be documented here when it does.
+//! blocks shorter than a stall, summarised over a period. Reserved, not
+//! sent: hiccups reach the journal as loopwatch's own log lines (one per
+//! hiccup, aggregated per culprit under load, through `tracing`), and are
+//! counted in the metrics and listed at `/hiccups` and in stall reports.
 
 mod entry;
 mod stall;

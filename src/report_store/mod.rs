@@ -41,8 +41,9 @@
 //! When a report does not reach the disk (failed or dropped) its compact
 //! text goes to stderr, which systemd puts in the journal: once per report
 //! id, within a budget of [`budget::STDERR_BYTES_PER_HOUR`]. A failure is
-//! logged once until a write succeeds again. Without a directory every
-//! version of the compact report goes to stderr, within the same budget.
+//! logged once until a write succeeds again. Without a directory the
+//! compact report goes to stderr once per report id too (its first
+//! version), within the same budget.
 //!
 //! This module does not decide what a report says or when it is written
 //! (that is the [`diagnostics`](crate::diagnostics)'), nor which report

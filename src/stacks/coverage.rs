@@ -126,8 +126,9 @@ impl NameCoverage {
             DwarfSource::Missing { .. } => format!(
                 "{exe} is stripped (no symbol table, no debug info): stall reports will name no \
                  function of it, only its build id {id} and file offsets, which \
-                 `loopwatch::symbolize_offset` resolves later against the debug file of that \
-                 build. To name functions, strip with `strip = \"debuginfo\"` instead of \
+                 `loopwatch symbolize <report> --debug-dir <dir>` (the `loopwatch` command, \
+                 feature `cli`) or `loopwatch::symbolize_offset` resolve later against the debug \
+                 file of that build. To name functions, strip with `strip = \"debuginfo\"` instead of \
                  `strip = true`, or install the debug file as {}",
                 build_id_path(id)
             ),

@@ -8,7 +8,13 @@
 //!
 //! 1. On the monitor thread: read each thread's `/proc` facts, parse
 //!    `/proc/self/maps` into a preallocated array of readable ranges.
-//! 2. For one thread at a time: send a real-time signal with `tgkill`. Its
+//! 2. For one thread at a time, a thread asleep in a system call (state
+//!    `S` or `D`) is read without a signal first: its stack and
+//!    instruction pointers from `/proc/<tid>/syscall`, its stack copied
+//!    with `process_vm_readv`; the copy is kept when it unwinds to the
+//!    thread's root (and the pointers did not change meanwhile), so a
+//!    sleeping thread is neither woken nor interrupted. Otherwise, send a
+//!    real-time signal with `tgkill`. Its
 //!    handler copies the interrupted `rip`/`rsp`/`rbp` (from its
 //!    `ucontext`) and the stack from `rsp` up to the end of its mapping
 //!    (capped at [`CaptureConfig::max_stack_bytes`]) into preallocated
@@ -33,9 +39,11 @@
 //! and unwinder (views of the modules' `.eh_frame`, not copies) and the
 //! stack buffer; symbolization state lives from a capture to its `release`.
 //!
-//! Side effect on the application: a thread interrupted inside a system
-//! call that is not restartable (`epoll_wait`, `poll`, `select`, ...) sees
-//! `EINTR`, as with any signal; the standard library, mio and tokio retry.
+//! Side effect on the application: a thread that is signalled (running,
+//! or asleep where reading it without a signal did not reach its root)
+//! inside a system call that is not restartable (`epoll_wait`, `poll`,
+//! `select`, ...) sees `EINTR`, as with any signal; the standard library,
+//! mio and tokio retry.
 //!
 //! Only x86_64 Linux is supported; elsewhere [`StackSampler::new`] returns
 //! [`Error::Capture`](crate::Error::Capture).
