@@ -26,6 +26,7 @@ const FAMILIES: &[(&str, Kind)] = &[
     ("loopwatch_watchdog_pings_total", Kind::Counter),
     ("loopwatch_watchdog_deadline_seconds", Kind::Gauge),
     ("loopwatch_reports_total", Kind::Counter),
+    ("loopwatch_journal_entries_total", Kind::Counter),
     ("loopwatch_capture_duration_seconds", Kind::Histogram),
     ("loopwatch_worker_stuck", Kind::Gauge),
     ("loopwatch_internal_errors_total", Kind::Counter),
