@@ -145,10 +145,17 @@ impl Diagnostics {
 
     /// The loop thread alone, cheaply: one signal, symbol-table names.
     pub(crate) fn sample_thread(&self, tid: i32) -> Option<ThreadStack> {
-        self.capture_threads(&[tid], CHEAP_CAPTURE_BUDGET)
-            .threads
-            .into_iter()
-            .next()
+        self.sample_thread_timed(tid).map(|(t, _)| t)
+    }
+
+    /// [`sample_thread`](Self::sample_thread), with the time (µs clock) by
+    /// which its stack had been copied: the time the capture returned less
+    /// its unwinding and naming, which come after the copy.
+    pub(crate) fn sample_thread_timed(&self, tid: i32) -> Option<(ThreadStack, u64)> {
+        let c = self.capture_threads(&[tid], CHEAP_CAPTURE_BUDGET);
+        let copied_by = clock::now_us()
+            .saturating_sub(clock::micros(c.unwind_duration + c.symbolize_duration));
+        c.threads.into_iter().next().map(|t| (t, copied_by))
     }
 
     /// The second pass over a report's stacks: files, lines and inlined

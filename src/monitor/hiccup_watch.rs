@@ -14,7 +14,7 @@
 //! small budget, and stall detection runs in the same tick after it.
 
 use super::{guard_diag, Monitor};
-use crate::clock::{self, us};
+use crate::clock::us;
 use crate::hiccups::{
     Hiccup, HiccupCause, LogAggregator, Suppressed, OTHER_CULPRIT, UNKNOWN_CULPRIT,
 };
@@ -33,11 +33,11 @@ struct Pending {
     sample: Option<ThreadStack>,
     /// When the capture was started (µs clock).
     taken_at: u64,
-    /// When the capture was over (µs clock): a probe answered before then
-    /// may have been answered before the stack was copied, so the sample
-    /// may show the loop after the block (idle in `epoll_wait`), not the
-    /// block itself.
-    done_at: u64,
+    /// When the loop thread's stack had been copied, at the latest (µs
+    /// clock): a probe answered before then may have been answered before
+    /// the copy, so the sample may show the loop after the block (idle in
+    /// `epoll_wait`), not the block itself.
+    copied_by: u64,
 }
 
 /// One runtime's hiccup state.
@@ -87,18 +87,19 @@ impl Monitor {
                             &mut self.diag,
                             &self.metrics,
                             &mut self.internal_errors,
-                            |d| d.sample_thread(tid),
+                            |d| d.sample_thread_timed(tid),
                         )
                     })
                 } else {
                     self.metrics.hiccup_capture_skipped(i);
                     None
                 };
+                let copied_by = sample.as_ref().map_or(now, |(_, at)| *at);
                 self.loops[i].hiccups.pending = Some(Pending {
                     woken_at,
-                    sample,
+                    sample: sample.map(|(t, _)| t),
                     taken_at: now,
-                    done_at: clock::now_us(),
+                    copied_by,
                 });
             }
             ProbeReading::Answered {
@@ -114,7 +115,7 @@ impl Monitor {
                 // A sample is of the block only if the block outlived it;
                 // else the hiccup is recorded as not caught live.
                 let sample = match w.hiccups.pending.take() {
-                    Some(p) if p.woken_at == woken_at && answered_at > p.done_at => p.sample,
+                    Some(p) if p.woken_at == woken_at && answered_at > p.copied_by => p.sample,
                     _ => None,
                 };
                 self.record_hiccup(i, woken_at, lag, sample, false, now);
