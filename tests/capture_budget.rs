@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{block_until, newest_report, wait_for};
+use common::{block_until, newest_report, text_report, wait_for};
 use dstate::DStateThreads;
 use loopwatch::bench_support::CaptureBench;
 use loopwatch::{CaptureOutcome, NotCaptured, Watchdog};
@@ -150,14 +150,7 @@ fn a_report_among_100_threads_in_d_state_is_prompt_and_so_is_shutdown() {
         "{held_in_report} threads reported in uninterruptible sleep, {D_THREADS} expected: {}",
         serde_json::to_string_pretty(&r["threads"]).unwrap()
     );
-    let text = std::fs::read_to_string(
-        std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "txt"))
-            .expect("a text report"),
-    )
-    .unwrap();
+    let text = text_report(dir.path());
     assert!(
         text.contains("read asleep in its system call (not signalled)")
             || text.contains("not captured: in uninterruptible sleep (D)"),

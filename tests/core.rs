@@ -34,11 +34,7 @@ fn pings(d: &[Datagram]) -> Vec<Duration> {
 /// The child side of the gating scenarios: healthy, blocked, healthy, stop.
 fn gating_child(multi_thread: bool) {
     let rt = if multi_thread {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
+        common::multi_thread(2)
     } else {
         common::current_thread()
     };
@@ -249,11 +245,7 @@ fn a_300ms_block_is_measured_as_300ms() {
         d >= Duration::from_millis(250) && d <= Duration::from_millis(450),
         "current_thread: a 300 ms block measured as {d:?}"
     );
-    let mt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let mt = common::multi_thread(2);
     let d = measure_block(mt, 2);
     assert!(
         d >= Duration::from_millis(250) && d <= Duration::from_millis(450),
@@ -264,11 +256,7 @@ fn a_300ms_block_is_measured_as_300ms() {
 #[test]
 fn two_runtimes_name_the_stalled_one() {
     if role().as_deref() == Some("two") {
-        let api = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let api = common::multi_thread(1);
         let jobs = common::current_thread();
         let wd = Watchdog::builder()
             .probe_interval(PROBE)
@@ -432,11 +420,7 @@ fn bad_settings_give_typed_errors() {
 #[test]
 fn a_dropped_runtime_stops_the_pings() {
     if role().as_deref() == Some("dropped") {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = common::multi_thread(1);
         let wd = Watchdog::builder()
             .probe_interval(PROBE)
             .watch("main", rt.handle().clone())

@@ -9,12 +9,12 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_child_ok, demo_bin, mark, newest_report, role, wait_for, KillOnDrop, NotifyListener,
+    assert_child_ok, block_for, hooked_runtime, mark, newest_report, role, DemoStall,
+    NotifyListener,
 };
 use loopwatch::{RuntimeHooks, StallEvent, Watchdog};
 use serde_json::Value;
@@ -22,37 +22,17 @@ use serde_json::Value;
 /// Runs the demo with a stall of `kind` lasting `stall_for` seconds, and
 /// returns its final report (recovered) and the text file's content.
 fn demo_stall(kind: &str, stall_for: &str) -> (Value, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(demo_bin())
-        .args([
-            "--stall-after",
-            "0.5",
-            "--stall-kind",
-            kind,
-            "--stall-for",
-            stall_for,
-            "--threshold-ms",
-            "300",
-            "--report-dir",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start demo");
-    let _guard = KillOnDrop(child);
-    let r = wait_for(Duration::from_secs(30), || {
-        let r = newest_report(dir.path())?;
-        (r["recovered"] == true).then_some(r)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "no recovered report for --stall-kind {kind}: {:?}",
-            newest_report(dir.path())
-        )
-    });
+    let demo = DemoStall::start(kind, stall_for);
+    let r = demo
+        .report_when(Duration::from_secs(30), |r| r["recovered"] == true)
+        .unwrap_or_else(|| {
+            panic!(
+                "no recovered report for --stall-kind {kind}: {:?}",
+                demo.newest_report()
+            )
+        });
     let id = r["id"].as_str().unwrap().to_string();
-    let text = std::fs::read_to_string(dir.path().join(format!("stall-{id}.txt"))).unwrap();
+    let text = std::fs::read_to_string(demo.dir.path().join(format!("stall-{id}.txt"))).unwrap();
     (r, text)
 }
 
@@ -120,18 +100,6 @@ fn a_loop_saturated_by_short_polls_is_overload_not_cpu_bound() {
     assert_narrow(&text);
 }
 
-fn hooked_runtime(hooks: &RuntimeHooks, workers: usize) -> tokio::runtime::Runtime {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    b.worker_threads(workers).enable_all();
-    hooks.install(&mut b);
-    b.build().unwrap()
-}
-
-#[inline(never)]
-fn block_this_worker(d: Duration) {
-    std::thread::sleep(d);
-}
-
 #[test]
 fn a_hooked_runtime_stalled_whole_is_one_incident() {
     let hooks = RuntimeHooks::new();
@@ -153,7 +121,7 @@ fn a_hooked_runtime_stalled_whole_is_one_incident() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         // Every worker blocked: the probe stalls and each worker is stuck.
         let blocks: Vec<_> = (0..2)
-            .map(|_| tokio::spawn(async { block_this_worker(Duration::from_millis(1500)) }))
+            .map(|_| tokio::spawn(async { block_for(Duration::from_millis(1500)) }))
             .collect();
         for b in blocks {
             b.await.unwrap();
@@ -217,8 +185,8 @@ fn a_stall_ends_only_when_its_last_stuck_worker_moves() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         // Both workers blocked, so the probe stalls; one moves after 1 s,
         // and the probe is answered again while the other is still stuck.
-        let short = tokio::spawn(async { block_this_worker(Duration::from_millis(1000)) });
-        let long = tokio::spawn(async { block_this_worker(Duration::from_millis(3500)) });
+        let short = tokio::spawn(async { block_for(Duration::from_millis(1000)) });
+        let long = tokio::spawn(async { block_for(Duration::from_millis(3500)) });
         short.await.unwrap();
         tokio::time::sleep(Duration::from_millis(1200)).await;
         let during = (wd.status(), stalled_gauge(&registry));
@@ -266,7 +234,7 @@ fn a_single_stuck_worker_is_reported_at_once_but_only_stops_pings_after_the_limi
         rt.block_on(async {
             tokio::time::sleep(Duration::from_millis(600)).await;
             mark("short-block");
-            let short = tokio::spawn(async { block_this_worker(Duration::from_millis(1200)) });
+            let short = tokio::spawn(async { block_for(Duration::from_millis(1200)) });
             // The other workers go on serving meanwhile.
             for _ in 0..50 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -274,7 +242,7 @@ fn a_single_stuck_worker_is_reported_at_once_but_only_stops_pings_after_the_limi
             short.await.unwrap();
             tokio::time::sleep(Duration::from_millis(600)).await;
             mark("long-block");
-            let long = tokio::spawn(async { block_this_worker(Duration::from_millis(4000)) });
+            let long = tokio::spawn(async { block_for(Duration::from_millis(4000)) });
             long.await.unwrap();
             mark("long-end");
             tokio::time::sleep(Duration::from_millis(600)).await;

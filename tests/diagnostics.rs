@@ -6,46 +6,28 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{block_for, block_until, demo_bin, newest_report, wait_for, KillOnDrop};
+use common::{
+    block_for, block_until, demo_bin, has_two_captures, newest_report, text_report, wait_for,
+    DemoStall, KillOnDrop, SmallTmpfs,
+};
 use loopwatch::Watchdog;
 use serde_json::Value;
 
 /// Runs the demo with a stall of `kind` and returns its first report whose
 /// second capture has been taken (or that is final).
 fn demo_report(kind: &str, stall_for: &str) -> Value {
-    let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(demo_bin())
-        .args([
-            "--stall-after",
-            "0.5",
-            "--stall-kind",
-            kind,
-            "--stall-for",
-            stall_for,
-            "--threshold-ms",
-            "300",
-            "--report-dir",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start demo");
-    let _guard = KillOnDrop(child);
+    let demo = DemoStall::start(kind, stall_for);
     // Without systemd the second capture comes one second after detection.
-    wait_for(Duration::from_secs(20), || {
-        let r = newest_report(dir.path())?;
-        (r["captures"].as_array()?.len() >= 2).then_some(r)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "no report with two captures for --stall-kind {kind} in 20 s; newest: {:?}",
-            newest_report(dir.path())
-        )
-    })
+    demo.report_when(Duration::from_secs(20), has_two_captures)
+        .unwrap_or_else(|| {
+            panic!(
+                "no report with two captures for --stall-kind {kind} in 20 s; newest: {:?}",
+                demo.newest_report()
+            )
+        })
 }
 
 fn assert_verdict(r: &Value, kind: &str, culprit: &str) {
@@ -125,38 +107,39 @@ fn a_parking_lot_deadlock_is_named_by_the_checker() {
     );
 }
 
-#[test]
-fn a_recovered_stall_leaves_a_report_with_its_duration() {
-    let dir = tempfile::tempdir().unwrap();
+/// Runs the demo to its exit after `exit_after` seconds, with one stall of
+/// `stall_for` seconds 0.3 s in (200 ms threshold, reports in `dir`), and
+/// checks it exited cleanly.
+fn demo_stalling_once(stall_for: &str, exit_after: &str, dir: &Path) -> Output {
     let out = Command::new(demo_bin())
         .args([
             "--stall-after",
             "0.3",
             "--stall-for",
-            "0.8",
+            stall_for,
             "--threshold-ms",
             "200",
             "--exit-after",
-            "2",
+            exit_after,
             "--report-dir",
         ])
-        .arg(dir.path())
+        .arg(dir)
         .output()
         .expect("run demo");
     assert!(out.status.success(), "demo failed: {out:?}");
+    out
+}
+
+#[test]
+fn a_recovered_stall_leaves_a_report_with_its_duration() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = demo_stalling_once("0.8", "2", dir.path());
     let r = newest_report(dir.path()).expect("a report");
     assert_eq!(r["recovered"], true, "{r}");
     let d = r["duration_seconds"].as_f64().unwrap();
     assert!((0.6..=1.0).contains(&d), "0.8 s stall measured as {d} s");
     assert_eq!(r["verdict"]["kind"], "blocked-syscall");
-    let txt = std::fs::read_to_string(
-        std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "txt"))
-            .expect("a text report"),
-    )
-    .unwrap();
+    let txt = text_report(dir.path());
     assert!(
         txt.contains("RECOVERED") && txt.contains("demo::stall_sleep"),
         "{txt}"
@@ -266,37 +249,6 @@ fn an_unwritable_directory_falls_back_to_stderr_and_counts() {
         !stderr.contains("symbol table only"),
         "no symbol-table advice for a binary with DWARF:\n{stderr}"
     );
-}
-
-/// A small tmpfs mounted for the test, unmounted on drop.
-struct SmallTmpfs(tempfile::TempDir);
-
-impl SmallTmpfs {
-    fn new(size: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let st = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir.path())
-            .status()
-            .expect("run mount");
-        assert!(
-            st.success(),
-            "mounting a tmpfs failed: this test needs root (it fills a small tmpfs to test a full disk)"
-        );
-        SmallTmpfs(dir)
-    }
-}
-
-impl Drop for SmallTmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.0.path()).status();
-    }
 }
 
 #[test]
@@ -448,22 +400,7 @@ fn sigstop_of_the_whole_process_is_process_paused() {
 #[test]
 fn a_report_reads_back_into_the_same_report() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(demo_bin())
-        .args([
-            "--stall-after",
-            "0.3",
-            "--stall-for",
-            "0.5",
-            "--threshold-ms",
-            "200",
-            "--exit-after",
-            "1.5",
-            "--report-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .expect("run demo");
-    assert!(out.status.success(), "demo failed: {out:?}");
+    demo_stalling_once("0.5", "1.5", dir.path());
     let files: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())

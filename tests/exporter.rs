@@ -7,6 +7,8 @@
 //! Bounds here are generous; the timing target (every probe within 1 s)
 //! is measured in `benches/exporter.rs`.
 
+mod common;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,11 +51,7 @@ fn ensure_open_files(needed: u64) {
 /// A watchdog on a small runtime of its own, serving the exporter on a
 /// free loopback port with its default limits.
 fn watchdog() -> (tokio::runtime::Runtime, Watchdog, SocketAddr) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::multi_thread(1);
     let wd = Watchdog::builder()
         .watch("main", rt.handle().clone())
         .no_report_files()

@@ -365,11 +365,7 @@ fn a_forked_child_sends_systemd_nothing_even_without_watchdog_pid() {
 
 #[test]
 fn shutdown_right_after_a_stall_reports_it_recovered() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::multi_thread(1);
     let dir = tempfile::tempdir().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let wd = Watchdog::builder()

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{assert_child_ok, mark, role, wait_for, NotifyListener};
+use common::{assert_child_ok, mark, role, NotifyListener};
 use loopwatch::{HiccupCause, Watchdog};
 
 /// A named function that blocks the loop on CPU for `d`.
@@ -20,17 +20,20 @@ fn render_page_for_test(d: Duration) {
     std::hint::black_box(x);
 }
 
+/// A watchdog builder for `rt` (as `main`) that records blocks above 50 ms
+/// as hiccups and calls a block of a second a stall.
+fn warned_at_50_ms(rt: &tokio::runtime::Runtime) -> loopwatch::Builder {
+    Watchdog::builder()
+        .stall_threshold(Duration::from_secs(1))
+        .warn_threshold(Duration::from_millis(50))
+        .watch("main", rt.handle().clone())
+}
+
 #[test]
 fn blocks_of_150_ms_are_recorded_with_culprit_and_duration_and_pings_go_on() {
     if role().as_deref() == Some("blocks") {
         let rt = common::current_thread();
-        let wd = Watchdog::builder()
-            .stall_threshold(Duration::from_secs(1))
-            .warn_threshold(Duration::from_millis(50))
-            .no_report_files()
-            .watch("main", rt.handle().clone())
-            .start()
-            .unwrap();
+        let wd = warned_at_50_ms(&rt).no_report_files().start().unwrap();
         wd.ready().unwrap();
         rt.block_on(async {
             mark("start");
@@ -156,13 +159,7 @@ fn value(text: &str, series: &str) -> f64 {
 #[test]
 fn cooperative_polls_of_a_few_ms_are_no_hiccup() {
     let rt = common::current_thread();
-    let wd = Watchdog::builder()
-        .stall_threshold(Duration::from_secs(1))
-        .warn_threshold(Duration::from_millis(50))
-        .no_report_files()
-        .watch("main", rt.handle().clone())
-        .start()
-        .unwrap();
+    let wd = warned_at_50_ms(&rt).no_report_files().start().unwrap();
     rt.block_on(async {
         let tasks: Vec<_> = (0..4)
             .map(|_| {
@@ -187,21 +184,14 @@ fn cooperative_polls_of_a_few_ms_are_no_hiccup() {
 fn a_hiccup_that_grows_into_a_stall_is_its_first_look() {
     let rt = common::current_thread();
     let dir = tempfile::tempdir().unwrap();
-    let wd = Watchdog::builder()
-        .stall_threshold(Duration::from_secs(1))
-        .warn_threshold(Duration::from_millis(50))
-        .report_dir(dir.path())
-        .watch("main", rt.handle().clone())
-        .start()
-        .unwrap();
+    let wd = warned_at_50_ms(&rt).report_dir(dir.path()).start().unwrap();
     rt.block_on(async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         render_page_for_test(Duration::from_millis(2500));
         tokio::time::sleep(Duration::from_millis(300)).await;
     });
-    let r = wait_for(Duration::from_secs(10), || {
-        let r = common::newest_report(dir.path())?;
-        (r["recovered"] == true).then_some(r)
+    let r = common::wait_for_report(dir.path(), Duration::from_secs(10), |r| {
+        r["recovered"] == true
     })
     .expect("a recovered report");
     let st = wd.status();
@@ -247,12 +237,9 @@ fn a_hiccup_that_grows_into_a_stall_is_its_first_look() {
 #[test]
 fn the_exporter_serves_the_hiccups_as_json() {
     let rt = common::current_thread();
-    let wd = Watchdog::builder()
-        .stall_threshold(Duration::from_secs(1))
-        .warn_threshold(Duration::from_millis(50))
+    let wd = warned_at_50_ms(&rt)
         .no_report_files()
         .serve_metrics("127.0.0.1:0")
-        .watch("main", rt.handle().clone())
         .start()
         .unwrap();
     rt.block_on(async {

@@ -13,6 +13,7 @@
 //! (`systemd`, `systemd-journald`, `journalctl`); without them it fails,
 //! saying what is missing. It never skips.
 
+mod common;
 #[path = "support/systemd.rs"]
 mod harness;
 
@@ -20,6 +21,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::demo_bin;
 use harness::Manager;
 use loopwatch::journal::{
     Journal, JournalEntry, JournalEvent, JOURNAL_SOCKET, MESSAGE_ID_STALL_DETECTED,
@@ -246,23 +248,6 @@ fn journald_receives_structured_entries_from_journal_send() {
         !raw.keys().any(|k| k.eq_ignore_ascii_case("lowercase")),
         "journald kept an invalid field name: {raw:#?}"
     );
-}
-
-/// The demo daemon built with the tests.
-fn demo_bin() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("current test binary");
-    let demo = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .expect("test binary lives in target/<profile>/deps")
-        .join("examples")
-        .join("demo");
-    assert!(
-        demo.is_file(),
-        "the demo example is missing at {}: run `cargo test` (which builds examples) first",
-        demo.display()
-    );
-    demo
 }
 
 #[test]

@@ -16,10 +16,10 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use common::SmallTmpfs;
 use loopwatch::bench_support::{sample_report, Pin, ReportStore, Saved, MAX_PINNED};
 use loopwatch::Watchdog;
 
@@ -492,28 +492,15 @@ fn a_pinned_report_outlives_retention_and_pins_are_bounded() {
     assert_eq!(ids, expected);
 }
 
-/// A small tmpfs mounted for the test, unmounted on drop.
-struct SmallTmpfs(tempfile::TempDir);
+/// A small tmpfs mounted for the test, after checking this runs as root.
+fn small_tmpfs(size: &str) -> SmallTmpfs {
+    require_root();
+    SmallTmpfs::new(size)
+}
 
+// What this file does with the shared tmpfs (an inherent impl may sit in
+// any module of the crate that defines the type).
 impl SmallTmpfs {
-    fn new(size: &str) -> Self {
-        require_root();
-        let dir = tempfile::tempdir().unwrap();
-        let st = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir.path())
-            .status()
-            .expect("run mount");
-        assert!(st.success(), "mounting a tmpfs failed (needs root)");
-        SmallTmpfs(dir)
-    }
-
     /// Fills the file system, then frees exactly `pages` pages.
     fn fill_leaving(&self, pages: u64) -> PathBuf {
         let filler = self.0.path().join("filler");
@@ -527,15 +514,9 @@ impl SmallTmpfs {
     }
 }
 
-impl Drop for SmallTmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.0.path()).status();
-    }
-}
-
 #[test]
 fn a_nearly_full_filesystem_leaves_no_lone_json() {
-    let fs_ = SmallTmpfs::new("64k");
+    let fs_ = small_tmpfs("64k");
     let dir = fs_.0.path().join("reports");
     let mut store = ReportStore::new(Some(dir.clone()), 20, CAP).unwrap();
     // A small pair that fits, to be rewritten later.
@@ -574,7 +555,7 @@ fn a_nearly_full_filesystem_leaves_no_lone_json() {
 
 #[test]
 fn a_killed_writers_leftovers_filling_the_disk_are_swept_even_when_a_write_fails() {
-    let fs_ = SmallTmpfs::new("64k");
+    let fs_ = small_tmpfs("64k");
     let dir = fs_.0.path().join("reports");
     let mut store = ReportStore::new(Some(dir.clone()), 20, CAP).unwrap();
     // A killed writer left eight pages behind, two minutes ago.

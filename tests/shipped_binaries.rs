@@ -27,11 +27,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{newest_report, wait_for, KillOnDrop};
+use common::{has_two_captures, DemoStall};
 use serde_json::Value;
 
 /// The tests of this file run one at a time: the `build-id` one installs a
@@ -117,33 +117,29 @@ fn stall_report(bin: &Path) -> Value {
 
 /// Like [`stall_report`], for the demo's stall `kind`.
 fn stall_report_of(bin: &Path, kind: &str) -> Value {
-    let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(bin)
-        .args([
-            "--stall-after",
-            "0.5",
-            "--stall-kind",
-            kind,
-            "--stall-for",
-            "forever",
-            "--threshold-ms",
-            "300",
-            "--report-dir",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start demo");
-    let _guard = KillOnDrop(child);
-    wait_for(Duration::from_secs(30), || {
-        let r = newest_report(dir.path())?;
-        (r["captures"].as_array()?.len() >= 2).then_some(())
-    })
-    .unwrap_or_else(|| panic!("no report with two captures from {}", bin.display()));
+    let demo = DemoStall::start_bin(bin, kind, "forever");
+    demo.report_when(Duration::from_secs(30), has_two_captures)
+        .unwrap_or_else(|| panic!("no report with two captures from {}", bin.display()));
     // The second capture's DWARF pass and rewrite follow at once.
     std::thread::sleep(Duration::from_millis(1500));
-    newest_report(dir.path()).expect("report")
+    demo.newest_report().expect("report")
+}
+
+/// Derives variant `name` in `dir`, runs its blocking-sleep stall and makes
+/// the [`common_checks`]; returns the report and the variant's debug file.
+fn checked_variant_report(name: &str, dir: &Path) -> (Value, PathBuf) {
+    let (bin, debug) = variant(name, dir);
+    let r = stall_report(&bin);
+    common_checks(&r, name);
+    (r, debug)
+}
+
+/// The stripped variant in `dir` with its debug file deleted: nothing but
+/// the binary itself to name frames with.
+fn stripped_alone(dir: &Path) -> PathBuf {
+    let (bin, debug) = variant("stripped", dir);
+    std::fs::remove_file(debug).unwrap();
+    bin
 }
 
 fn loop_group(r: &Value) -> &Value {
@@ -196,20 +192,23 @@ fn culprit(r: &Value) -> (&str, Option<&str>) {
     )
 }
 
-#[test]
-fn line_tables_name_the_culprit_with_file_and_line() {
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let (bin, _) = variant("line-tables", dir.path());
-    let r = stall_report(&bin);
-    common_checks(&r, "line-tables");
-    let (f, file) = culprit(&r);
+/// Asserts the culprit is the demo's stalling function, with its file.
+fn assert_culprit_with_file(r: &Value) {
+    let (f, file) = culprit(r);
     assert!(f.ends_with("demo::stall_sleep"), "{}", r["culprit"]);
     assert!(
         file.is_some_and(|p| p.ends_with("demo.rs")),
         "{}",
         r["culprit"]
     );
+}
+
+#[test]
+fn line_tables_name_the_culprit_with_file_and_line() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _) = checked_variant_report("line-tables", dir.path());
+    assert_culprit_with_file(&r);
     assert!(
         notes(&r).contains("demo: files, lines and inlined functions from its DWARF debug info"),
         "{}",
@@ -221,9 +220,7 @@ fn line_tables_name_the_culprit_with_file_and_line() {
 fn the_default_release_profile_names_the_culprit_and_says_what_is_missing() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let (bin, _) = variant("symtab-only", dir.path());
-    let r = stall_report(&bin);
-    common_checks(&r, "symtab-only");
+    let (r, _) = checked_variant_report("symtab-only", dir.path());
     let (f, file) = culprit(&r);
     assert!(f.ends_with("demo::stall_sleep"), "{}", r["culprit"]);
     assert_eq!(file, None, "no DWARF, so no file: {}", r["culprit"]);
@@ -243,16 +240,8 @@ fn the_default_release_profile_names_the_culprit_and_says_what_is_missing() {
 fn a_separate_debug_file_next_to_the_binary_is_found() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let (bin, debug) = variant("debuglink", dir.path());
-    let r = stall_report(&bin);
-    common_checks(&r, "debuglink");
-    let (f, file) = culprit(&r);
-    assert!(f.ends_with("demo::stall_sleep"), "{}", r["culprit"]);
-    assert!(
-        file.is_some_and(|p| p.ends_with("demo.rs")),
-        "{}",
-        r["culprit"]
-    );
+    let (r, debug) = checked_variant_report("debuglink", dir.path());
+    assert_culprit_with_file(&r);
     let n = notes(&r);
     assert!(
         n.contains("separate debug file") && n.contains(debug.to_str().unwrap()),
@@ -264,9 +253,7 @@ fn a_separate_debug_file_next_to_the_binary_is_found() {
 fn compressed_debug_info_is_not_read_and_the_report_says_so() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let (bin, _) = variant("compressed", dir.path());
-    let r = stall_report(&bin);
-    common_checks(&r, "compressed");
+    let (r, _) = checked_variant_report("compressed", dir.path());
     let (f, file) = culprit(&r);
     assert!(f.ends_with("demo::stall_sleep"), "{}", r["culprit"]);
     assert_eq!(file, None, "{}", r["culprit"]);
@@ -316,13 +303,7 @@ fn a_debug_file_under_usr_lib_debug_build_id_is_found() {
     let _installed = Installed(target.clone());
     let r = stall_report(&bin);
     common_checks(&r, "build-id");
-    let (f, file) = culprit(&r);
-    assert!(f.ends_with("demo::stall_sleep"), "{}", r["culprit"]);
-    assert!(
-        file.is_some_and(|p| p.ends_with("demo.rs")),
-        "{}",
-        r["culprit"]
-    );
+    assert_culprit_with_file(&r);
     assert!(
         notes(&r).contains(target.to_str().unwrap()),
         "{}",
@@ -380,8 +361,7 @@ fn a_stripped_build_reports_offsets_that_resolve_to_the_stalling_function() {
 fn a_stripped_build_still_gets_the_right_verdict() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let (bin, _debug) = variant("stripped", dir.path());
-    std::fs::remove_file(dir.path().join("demo.debug")).unwrap();
+    let bin = stripped_alone(dir.path());
     let r = stall_report(&bin);
     verdict_check(&r, "stripped");
 }
@@ -393,8 +373,7 @@ fn a_stripped_build_still_gets_the_right_verdict() {
 fn a_stripped_cpu_stall_is_cpu_bound_and_says_symbols_are_missing() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let (bin, _debug) = variant("stripped", dir.path());
-    std::fs::remove_file(dir.path().join("demo.debug")).unwrap();
+    let bin = stripped_alone(dir.path());
     let r = stall_report_of(&bin, "spin");
     assert_eq!(r["verdict"]["kind"], "cpu-bound", "{}", r["verdict"]);
     let said = format!("{}{}", r["verdict"]["evidence"], r["notes"]);

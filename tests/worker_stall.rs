@@ -8,18 +8,11 @@ mod common;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::newest_report;
+use common::{hooked_runtime, newest_report};
 use loopwatch::{RuntimeHooks, StallEvent, Watchdog};
 
 const T: Duration = Duration::from_millis(300);
 const TICK: Duration = Duration::from_millis(20);
-
-fn hooked_runtime(hooks: &RuntimeHooks) -> tokio::runtime::Runtime {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    b.worker_threads(4).enable_all();
-    hooks.install(&mut b);
-    b.build().unwrap()
-}
 
 #[inline(never)]
 fn block_worker_for_test(d: Duration) {
@@ -29,7 +22,7 @@ fn block_worker_for_test(d: Duration) {
 #[test]
 fn one_stuck_worker_is_named_with_its_task_while_the_probe_stays_healthy() {
     let hooks = RuntimeHooks::new();
-    let rt = hooked_runtime(&hooks);
+    let rt = hooked_runtime(&hooks, 4);
     let dir = tempfile::tempdir().unwrap();
     let (tx, rx) = mpsc::channel();
     let wd = Watchdog::builder()
@@ -136,7 +129,7 @@ fn one_stuck_worker_is_named_with_its_task_while_the_probe_stays_healthy() {
 #[test]
 fn a_busy_cooperative_workload_is_never_flagged() {
     let hooks = RuntimeHooks::new();
-    let rt = hooked_runtime(&hooks);
+    let rt = hooked_runtime(&hooks, 4);
     let (tx, rx) = mpsc::channel();
     let wd = Watchdog::builder()
         .stall_threshold(T)

@@ -102,6 +102,17 @@ fn registry() -> Registry {
     r
 }
 
+/// [`registry`] with 3000 more gauges: a scrape of well over 100 kB.
+fn large_registry() -> Registry {
+    let registry = registry();
+    for i in 0..3000 {
+        let g =
+            prometheus::IntGauge::new(format!("app_gauge_{i}"), "A gauge of the test.").unwrap();
+        registry.register(Box::new(g)).unwrap();
+    }
+    registry
+}
+
 fn healthy() -> HealthFn {
     Arc::new(|| Health::Healthy)
 }
@@ -157,15 +168,9 @@ fn keep_alive_serves_several_requests_on_one_connection() {
 
 #[test]
 fn a_large_scrape_is_sent_whole() {
-    let registry = registry();
-    for i in 0..3000 {
-        let g =
-            prometheus::IntGauge::new(format!("app_gauge_{i}"), "A gauge of the test.").unwrap();
-        registry.register(Box::new(g)).unwrap();
-    }
     let exporter = Exporter::start(
         "127.0.0.1:0",
-        registry,
+        large_registry(),
         healthy(),
         ExporterLimits::default(),
     )
@@ -309,15 +314,9 @@ fn busy_connection(addr: SocketAddr) -> StdStream {
 /// client beyond the cap is never left hanging, and a freed slot serves.
 #[test]
 fn connections_beyond_the_cap_are_closed_at_once() {
-    let registry = registry();
-    for i in 0..3000 {
-        let g =
-            prometheus::IntGauge::new(format!("app_gauge_{i}"), "A gauge of the test.").unwrap();
-        registry.register(Box::new(g)).unwrap();
-    }
     let exporter = Exporter::start(
         "127.0.0.1:0",
-        registry,
+        large_registry(),
         healthy(),
         ExporterLimits {
             max_connections: 2,

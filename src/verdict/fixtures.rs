@@ -119,7 +119,7 @@ pub(crate) fn thread(tid: i32, facts: ThreadFacts, frames: Vec<Frame>) -> Thread
 /// from `0xa000` (the same in every capture), with debug info.
 pub(crate) fn task_poll_and_main() -> Vec<Frame> {
     let tokio = |f: &str| registry("tokio-1.54.1", f);
-    vec![
+    let mut frames = vec![
         dwarf(
             "tokio::runtime::task::core::Core<T,S>::poll::{{closure}}",
             &tokio("runtime/task/core.rs"),
@@ -145,17 +145,9 @@ pub(crate) fn task_poll_and_main() -> Vec<Frame> {
             &tokio("runtime/context/scoped.rs"),
             0xa400,
         ),
-        dwarf(
-            "tokio::runtime::scheduler::current_thread::CoreGuard::block_on",
-            &tokio("runtime/scheduler/current_thread/mod.rs"),
-            0xa500,
-        ),
-        dwarf(
-            "tokio::runtime::runtime::Runtime::block_on",
-            &tokio("runtime/runtime.rs"),
-            0xa600,
-        ),
-        dwarf("myapp::main", "/srv/myapp/src/main.rs", 0xa700),
+    ];
+    frames.extend(block_on_and_main());
+    frames.extend([
         dwarf(
             "core::ops::function::FnOnce::call_once",
             "/rustc/1159e78c4747b02ef996e55082b704c09b970588/library/core/src/ops/function.rs",
@@ -175,6 +167,26 @@ pub(crate) fn task_poll_and_main() -> Vec<Frame> {
         libc("__libc_start_call_main", 0xac00),
         libc("__libc_start_main_impl", 0xad00),
         sym("_start", 0xae00),
+    ]);
+    frames
+}
+
+/// The current_thread runtime's `block_on` frames and `myapp::main` below
+/// them, at `0xa500`..`0xa700` (the same in every capture), with debug info.
+pub(crate) fn block_on_and_main() -> Vec<Frame> {
+    let tokio = |f: &str| registry("tokio-1.54.1", f);
+    vec![
+        dwarf(
+            "tokio::runtime::scheduler::current_thread::CoreGuard::block_on",
+            &tokio("runtime/scheduler/current_thread/mod.rs"),
+            0xa500,
+        ),
+        dwarf(
+            "tokio::runtime::runtime::Runtime::block_on",
+            &tokio("runtime/runtime.rs"),
+            0xa600,
+        ),
+        dwarf("myapp::main", "/srv/myapp/src/main.rs", 0xa700),
     ]
 }
 

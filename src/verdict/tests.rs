@@ -35,6 +35,23 @@ fn running(frames: Vec<Frame>) -> ThreadStack {
     thread(LOOP, facts(LOOP, 'R', None, Duration::from_secs(3)), frames)
 }
 
+/// The loop thread asleep in `syscall` (state `S`, no CPU time).
+fn asleep(syscall: &str, frames: Vec<Frame>) -> ThreadStack {
+    thread(
+        LOOP,
+        facts(LOOP, 'S', Some(syscall), Duration::ZERO),
+        frames,
+    )
+}
+
+/// Evidence with the loop thread off CPU for the whole gap.
+fn off_cpu(first: Vec<ThreadStack>, second: Option<Vec<ThreadStack>>) -> Evidence<'static> {
+    Evidence {
+        cpu_used: HashMap::from([(LOOP, Duration::ZERO)]),
+        ..busy(first, second)
+    }
+}
+
 fn serde_frames(innermost: Vec<Frame>) -> Vec<Frame> {
     let serde_json = |f: &str| registry("serde_json-1.0.140", f);
     let mut frames = innermost;
@@ -171,15 +188,8 @@ fn a_blocking_call_in_an_async_fn_names_the_async_fn() {
             0x6010,
         ),
     ]);
-    let t = thread(
-        LOOP,
-        facts(LOOP, 'S', Some("clock_nanosleep"), Duration::ZERO),
-        frames,
-    );
-    let e = Evidence {
-        cpu_used: HashMap::from([(LOOP, Duration::ZERO)]),
-        ..busy(vec![t.clone()], Some(vec![t]))
-    };
+    let t = asleep("clock_nanosleep", frames);
+    let e = off_cpu(vec![t.clone()], Some(vec![t]));
     let (v, c) = decide(&e);
     assert_eq!(v.kind, VerdictKind::BlockedSyscall, "{v:#?}");
     let c = c.unwrap();
@@ -307,9 +317,8 @@ fn a_stripped_binary_on_cpu_at_the_same_addresses_is_cpu_bound_with_a_note() {
 
 #[test]
 fn a_stripped_binary_asleep_in_a_system_call_is_blocked() {
-    let t = thread(
-        LOOP,
-        facts(LOOP, 'S', Some("clock_nanosleep"), Duration::ZERO),
+    let t = asleep(
+        "clock_nanosleep",
         vec![
             libc("clock_nanosleep", 0x3010),
             bare(0x6200),
@@ -317,10 +326,7 @@ fn a_stripped_binary_asleep_in_a_system_call_is_blocked() {
             bare(0xa000),
         ],
     );
-    let e = Evidence {
-        cpu_used: HashMap::from([(LOOP, Duration::ZERO)]),
-        ..busy(vec![t.clone()], Some(vec![t]))
-    };
+    let e = off_cpu(vec![t.clone()], Some(vec![t]));
     let (v, _) = decide(&e);
     assert_eq!(v.kind, VerdictKind::BlockedSyscall, "{v:#?}");
     assert_eq!(
@@ -364,7 +370,7 @@ fn symbol_table_names_decide_by_crate_and_say_what_is_missing() {
 #[test]
 fn an_idle_loop_in_the_runtimes_event_wait_is_not_blamed_on_main() {
     let tokio = |f: &str| registry("tokio-1.54.1", f);
-    let frames = vec![
+    let mut frames = vec![
         libc("epoll_wait", 0x3010),
         dwarf(
             "mio::poll::Poll::poll",
@@ -381,27 +387,10 @@ fn an_idle_loop_in_the_runtimes_event_wait_is_not_blamed_on_main() {
             &tokio("runtime/scheduler/current_thread/mod.rs"),
             0x3300,
         ),
-        dwarf(
-            "tokio::runtime::scheduler::current_thread::CoreGuard::block_on",
-            &tokio("runtime/scheduler/current_thread/mod.rs"),
-            0xa500,
-        ),
-        dwarf(
-            "tokio::runtime::runtime::Runtime::block_on",
-            &tokio("runtime/runtime.rs"),
-            0xa600,
-        ),
-        dwarf("myapp::main", "/srv/myapp/src/main.rs", 0xa700),
     ];
-    let t = thread(
-        LOOP,
-        facts(LOOP, 'S', Some("epoll_wait"), Duration::ZERO),
-        frames,
-    );
-    let e = Evidence {
-        cpu_used: HashMap::from([(LOOP, Duration::ZERO)]),
-        ..busy(vec![t], None)
-    };
+    frames.extend(block_on_and_main());
+    let t = asleep("epoll_wait", frames);
+    let e = off_cpu(vec![t], None);
     let (v, c) = decide(&e);
     assert_eq!(v.kind, VerdictKind::Unknown, "{v:#?}");
     assert!(c.is_none());
@@ -429,15 +418,8 @@ fn a_blocking_lock_of_tokio_inside_a_task_is_a_lock_wait_in_the_caller() {
         ),
         dwarf("myapp::update_cache", "/srv/myapp/src/cache.rs", 0x6010),
     ]);
-    let t = thread(
-        LOOP,
-        facts(LOOP, 'S', Some("futex"), Duration::ZERO),
-        frames,
-    );
-    let e = Evidence {
-        cpu_used: HashMap::from([(LOOP, Duration::ZERO)]),
-        ..busy(vec![t], None)
-    };
+    let t = asleep("futex", frames);
+    let e = off_cpu(vec![t], None);
     let (v, c) = decide(&e);
     assert_eq!(v.kind, VerdictKind::LockWait, "{v:#?}");
     let c = c.unwrap();
@@ -548,11 +530,8 @@ fn bare_inlined_names_of_line_tables_builds_are_placed_by_their_paths() {
         ),
         dwarf("myapp::main", "/srv/myapp/src/main.rs", 0xa700),
     ];
-    let t = thread(LOOP, facts(LOOP, 'S', Some("read"), Duration::ZERO), frames);
-    let e = Evidence {
-        cpu_used: HashMap::from([(LOOP, Duration::ZERO)]),
-        ..busy(vec![t.clone()], Some(vec![t]))
-    };
+    let t = asleep("read", frames);
+    let e = off_cpu(vec![t.clone()], Some(vec![t]));
     let (v, c) = decide(&e);
     assert_eq!(v.kind, VerdictKind::BlockedSyscall, "{v:#?}");
     let c = c.unwrap();

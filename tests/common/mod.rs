@@ -286,3 +286,141 @@ impl NotifyListener {
         self.record(|| run_child(test, role, &all))
     }
 }
+
+/// A multi_thread runtime of `workers` worker threads, with I/O and timers.
+pub fn multi_thread(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A multi_thread runtime of `workers` worker threads, with I/O and timers,
+/// whose builder got `hooks` installed (for `watch_with_hooks`).
+pub fn hooked_runtime(hooks: &loopwatch::RuntimeHooks, workers: usize) -> tokio::runtime::Runtime {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.worker_threads(workers).enable_all();
+    hooks.install(&mut b);
+    b.build().unwrap()
+}
+
+/// Waits up to `timeout` for the newest report in `dir` to be `ready`, and
+/// returns it.
+pub fn wait_for_report(
+    dir: &std::path::Path,
+    timeout: Duration,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> Option<serde_json::Value> {
+    wait_for(timeout, || {
+        let r = newest_report(dir)?;
+        ready(&r).then_some(r)
+    })
+}
+
+/// Whether a report has had its second capture taken.
+pub fn has_two_captures(r: &serde_json::Value) -> bool {
+    r["captures"].as_array().is_some_and(|c| c.len() >= 2)
+}
+
+/// The content of the (first) `.txt` report in `dir`.
+pub fn text_report(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "txt"))
+            .expect("a text report"),
+    )
+    .unwrap()
+}
+
+/// A demo daemon (`bin`) that stalls in the way `--stall-kind` names, 0.5 s
+/// after it starts, for `--stall-for` seconds (or `forever`), with a 300 ms
+/// threshold and its reports in a directory of its own; its output is
+/// discarded and it is killed on drop.
+pub struct DemoStall {
+    // Declared first: the demo is killed before its directory is removed.
+    _child: KillOnDrop,
+    /// Where the demo writes its reports.
+    pub dir: tempfile::TempDir,
+}
+
+impl DemoStall {
+    /// The demo built with the tests ([`demo_bin`]) stalling as `kind`.
+    pub fn start(kind: &str, stall_for: &str) -> Self {
+        Self::start_bin(&demo_bin(), kind, stall_for)
+    }
+
+    /// The demo binary `bin` stalling as `kind`.
+    pub fn start_bin(bin: &std::path::Path, kind: &str, stall_for: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(bin)
+            .args([
+                "--stall-after",
+                "0.5",
+                "--stall-kind",
+                kind,
+                "--stall-for",
+                stall_for,
+                "--threshold-ms",
+                "300",
+                "--report-dir",
+            ])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start demo");
+        DemoStall {
+            _child: KillOnDrop(child),
+            dir,
+        }
+    }
+
+    /// Waits up to `timeout` for the demo's newest report to be `ready`.
+    pub fn report_when(
+        &self,
+        timeout: Duration,
+        ready: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        wait_for_report(self.dir.path(), timeout, ready)
+    }
+
+    /// The demo's newest report now, if any.
+    pub fn newest_report(&self) -> Option<serde_json::Value> {
+        newest_report(self.dir.path())
+    }
+}
+
+/// A small tmpfs mounted for the test (it needs root), unmounted on drop.
+pub struct SmallTmpfs(pub tempfile::TempDir);
+
+impl SmallTmpfs {
+    /// Mounts a tmpfs of `size` (`64k`), mode 0700, on a fresh directory.
+    pub fn new(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            st.success(),
+            "mounting a tmpfs failed: this test needs root (it fills a small tmpfs to test a full disk)"
+        );
+        SmallTmpfs(dir)
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
