@@ -262,6 +262,12 @@ impl Watchdog {
     }
 
     /// Sends `STOPPING=1` and stops the monitor thread.
+    ///
+    /// The monitor takes a last look first: a stall whose block ended just
+    /// before this call is reported recovered (its report rewritten, its
+    /// `Ended` event sent). If a loop is stalled at that moment it waits at
+    /// most 100 ms for it to answer; a step of diagnostics in progress
+    /// finishes first (bounded by the capture and symbolization budgets).
     pub fn shutdown(mut self) {
         if let Err(e) = self
             .shared

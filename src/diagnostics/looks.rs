@@ -153,8 +153,8 @@ impl Diagnostics {
     /// its unwinding and naming, which come after the copy.
     pub(crate) fn sample_thread_timed(&self, tid: i32) -> Option<(ThreadStack, u64)> {
         let c = self.capture_threads(&[tid], CHEAP_CAPTURE_BUDGET);
-        let copied_by = clock::now_us()
-            .saturating_sub(clock::micros(c.unwind_duration + c.symbolize_duration));
+        let copied_by =
+            clock::now_us().saturating_sub(clock::micros(c.unwind_duration + c.symbolize_duration));
         c.threads.into_iter().next().map(|t| (t, copied_by))
     }
 

@@ -63,6 +63,11 @@ use crate::status::{human, StallCallback, Status};
 /// How many of its own scheduling gaps the monitor remembers.
 const GAPS_KEPT: usize = 32;
 
+/// How long shutdown's last look waits for a stalled loop to answer its
+/// probe (a block that ended just before `shutdown()`); a loop still
+/// stalled after that is left as it is.
+const LAST_LOOK_GRACE: Duration = Duration::from_millis(100);
+
 /// Panics within [`PANIC_WINDOW`] after which the monitor gives up.
 pub(crate) const MAX_PANICS: usize = 3;
 /// The window over which panics are counted, µs (one minute).
@@ -400,6 +405,21 @@ impl Monitor {
     /// tick is reported recovered. Nothing new is started (no capture, no
     /// second capture), so shutdown never waits for diagnostics.
     fn last_look(&mut self, now: u64) {
+        // A stalled loop whose block has just ended answers its probe
+        // within microseconds of getting its thread back: give it that
+        // chance, bounded, so the stall is reported recovered rather than
+        // cut off by the shutdown.
+        let stalled_unanswered = |m: &Self| {
+            m.loops.iter().any(|w| {
+                w.tracker.stall.is_some()
+                    && !matches!(w.probe.read(), ProbeReading::Answered { .. })
+            })
+        };
+        let grace_until = now.saturating_add(micros(LAST_LOOK_GRACE));
+        while stalled_unanswered(self) && clock::now_us() < grace_until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let now = clock::now_us();
         let mut ended = Vec::new();
         for (i, w) in self.loops.iter_mut().enumerate() {
             let reading = w.probe.read();
