@@ -21,10 +21,15 @@ use serde_json::Value;
 fn demo_report(kind: &str, stall_for: &str) -> Value {
     let demo = DemoStall::start(kind, stall_for);
     // Without systemd the second capture comes one second after detection.
-    demo.report_when(Duration::from_secs(20), has_two_captures)
+    // Its report is written once with symbol-table names (in case the
+    // process dies meanwhile) and again after its DWARF pass: wait for the
+    // latter, whose culprit has a source file.
+    let named = |r: &Value| has_two_captures(r) && r["culprit"]["file"].is_string();
+    demo.report_when(Duration::from_secs(20), named)
         .unwrap_or_else(|| {
             panic!(
-                "no report with two captures for --stall-kind {kind} in 20 s; newest: {:?}",
+                "no report with two captures and a culprit with a file for --stall-kind {kind} \
+                 in 20 s; newest: {:?}",
                 demo.newest_report()
             )
         })

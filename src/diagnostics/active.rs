@@ -4,6 +4,10 @@
 
 use super::*;
 
+/// The least time worth a DWARF pass over the detection capture when the
+/// second capture (which has its own pass) is due sooner than that.
+const MIN_PASS_BEFORE_SECOND: Duration = Duration::from_millis(50);
+
 /// A fully diagnosed incident in progress.
 pub(super) struct ActiveStall {
     pub(super) report: StallReport,
@@ -154,6 +158,14 @@ impl Diagnostics {
             return false;
         }
         let until = stall.second_due.or(stall.deadline);
+        if let Some(due) = stall.second_due {
+            // The detection capture took (nearly) all the time before the
+            // second one: that capture's own pass, with the full budget,
+            // names both; a pass with no time would only add a note.
+            if due.saturating_sub(clock::now_us()) < clock::micros(MIN_PASS_BEFORE_SECOND) {
+                return false;
+            }
+        }
         let mut notes = std::mem::take(&mut stall.report.notes);
         match &mut stall.second {
             Some((_, second)) => self.symbolize(second, &mut notes, until),

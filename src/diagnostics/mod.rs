@@ -551,6 +551,9 @@ impl Diagnostics {
                 }
             }
             Some(Active::Full(mut stall)) => {
+                // No second capture after the end: its time no longer
+                // limits the pass (systemd's deadline still does).
+                stall.second_due = None;
                 self.symbolize_now(&mut stall);
                 stall.report.recovered = true;
                 stall.report.duration_seconds = Some(us(duration).as_secs_f64());
