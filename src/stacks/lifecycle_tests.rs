@@ -41,7 +41,7 @@ fn a_capture_stops_signalling_when_its_budget_is_used_up() {
         loop {
             let status =
                 std::fs::read_to_string(format!("/proc/self/task/{}/status", t.tid)).unwrap();
-            if sequence::signal_masks(&status, CaptureConfig::default().signal).0 {
+            if precheck::signal_masks(&status, CaptureConfig::default().signal).0 {
                 break;
             }
             assert!(Instant::now() < deadline, "signal never blocked");

@@ -12,8 +12,9 @@
 //!    `S` or `D`) is read without a signal first: its stack and
 //!    instruction pointers from `/proc/<tid>/syscall`, its stack copied
 //!    with `process_vm_readv`; the copy is kept when it unwinds to the
-//!    thread's root (and the pointers did not change meanwhile), so a
-//!    sleeping thread is neither woken nor interrupted. Otherwise, send a
+//!    thread's root, with the frame pointer guessed where the code needs
+//!    it ([`frame_pointer`]), and the pointers did not change meanwhile:
+//!    then a sleeping thread is neither woken nor interrupted. Otherwise, send a
 //!    real-time signal with `tgkill`. Its
 //!    handler copies the interrupted `rip`/`rsp`/`rbp` (from its
 //!    `ucontext`) and the stack from `rsp` up to the end of its mapping
@@ -58,12 +59,14 @@
 //! * [`config`]: [`CaptureConfig`], its defaults and accepted ranges;
 //! * [`sampler`]: [`StackSampler`], the public handle;
 //! * [`sequence`]: the capture sequence a sampler runs on the monitor
-//!   thread (prechecks, budget, signalling, unwinding, naming);
+//!   thread (budget, signalling, unwinding, naming); [`precheck`]: why a
+//!   signal would be pointless, from `/proc`;
 //! * [`sys`]: the signal handler, its handshake with the monitor thread,
 //!   and (in `sys/files.rs`) file views, `malloc_trim` and the vdso: every
 //!   `unsafe` block;
 //! * [`maps`], [`modules`]: `/proc/self/maps`, the loaded ELF modules and
-//!   their unwinder;
+//!   their unwinder; [`frame_pointer`]: where the frame pointer of a
+//!   thread read without a signal probably is;
 //! * [`elf`], [`debugfile`]: what an ELF file's headers say, and where its
 //!   separate debug file is;
 //! * [`names`], [`symtab`], [`dwarf`], [`dwarf_file`]: demangling and
@@ -76,7 +79,8 @@
 //!
 //! Inside this directory imports go one way, never in a circle: `sampler`
 //! uses `sequence`, `capture` and `config`; `sequence` uses `capture`,
-//! `config`, `dwarf`, `frame`, `maps`, `modules`, `symtab` and `sys`;
+//! `config`, `dwarf`, `frame`, `frame_pointer`, `maps`, `modules`,
+//! `precheck`, `symtab` and `sys`; `precheck` uses `capture`;
 //! `dwarf` uses `capture`, `debugfile`, `dwarf_file`, `elf`, `frame`,
 //! `modules` and `names` (and the `Symbolization` type of `sampler`);
 //! `dwarf_file` uses `names` and `sys`; `offline` uses `dwarf_file`,
@@ -101,6 +105,8 @@ mod dwarf_file;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod elf;
 mod frame;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod frame_pointer;
 #[cfg(all(test, target_os = "linux", target_arch = "x86_64"))]
 mod lifecycle_tests;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
@@ -111,6 +117,8 @@ mod modules;
 mod names;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod offline;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod precheck;
 mod sampler;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod sequence;

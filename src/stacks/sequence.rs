@@ -25,8 +25,10 @@ use super::capture::{Capture, CaptureOutcome, NotCaptured, Registers, ThreadStac
 use super::config::CaptureConfig;
 use super::dwarf::Answers;
 use super::frame::{Frame, SymbolSource};
+use super::frame_pointer;
 use super::maps;
 use super::modules::{Modules, Unwound};
+use super::precheck::{signal_precheck, task_exists};
 use super::sampler::Symbolization;
 use super::symtab::SymtabNames;
 use super::sys::{self, Arena, Sample};
@@ -326,14 +328,24 @@ impl Attempt<'_> {
         if again.syscall.as_ref().and_then(|s| s.user_regs) != Some((sp, pc)) {
             return None;
         }
-        let result = self.unwind(sys::Regs { ip: pc, sp, bp: 0 }, len);
         // Only the stack and instruction pointers are known: a frame whose
-        // caller is found through the frame pointer (code built with frame
-        // pointers, debug builds) cannot be passed. Keep the stack only if
-        // the unwind reached the thread's root; else the signal is the
-        // better way in.
+        // caller is found through the frame pointer needs a guess of it.
+        // Keep the stack only if an unwind reached the thread's root; else
+        // the signal is the better way in.
+        let mut result = self.unwind(sys::Regs { ip: pc, sp, bp: 0 }, len);
         if !self.reaches_root(&result) {
-            return None;
+            let guesses = frame_pointer::guesses(self.arena.stack(len), sp, |a| {
+                self.modules.find(a).is_some()
+            });
+            let mut whole = None;
+            for bp in guesses {
+                let guessed = self.unwind(sys::Regs { ip: pc, sp, bp }, len);
+                if self.reaches_root(&guessed) {
+                    whole = Some(guessed);
+                    break;
+                }
+            }
+            result = whole?;
         }
         let mut t = ThreadStack::not_captured(tid, facts, NotCaptured::Failed);
         t.outcome = CaptureOutcome::Captured;
@@ -347,11 +359,6 @@ impl Attempt<'_> {
         Some((t, Some(result)))
     }
 
-    /// Whether an unwind got to the thread's root: it stopped without an
-    /// error, has a few frames, and one of its last two is in the C library
-    /// (`start_thread`/`clone3` for a spawned thread, `__libc_start_main`
-    /// under `_start` for the main one). A stack cut short by an unknown
-    /// frame pointer ends in the application instead.
     /// Unwinds the `len` bytes of stack in the arena from `regs`, once more
     /// after re-reading the module list when a frame lies in no known
     /// module (a library loaded since the list was read), and adds the
@@ -371,6 +378,11 @@ impl Attempt<'_> {
         result
     }
 
+    /// Whether an unwind got to the thread's root: it stopped without an
+    /// error, has a few frames, and one of its last two is in the C library
+    /// (`start_thread`/`clone3` for a spawned thread, `__libc_start_main`
+    /// under `_start` for the main one). A stack cut short by an unknown
+    /// frame pointer ends in the application instead.
     fn reaches_root(&self, result: &Unwound) -> bool {
         if result.stopped.is_some() || result.frames.len() < 4 {
             return false;
@@ -557,44 +569,4 @@ impl Attempt<'_> {
             return (t, None);
         }
     }
-}
-
-fn task_exists(tid: i32) -> bool {
-    std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
-}
-
-/// Why sending the signal to `tid` would be pointless: it blocks the
-/// signal, or one from an earlier capture is still pending. Reads
-/// `SigBlk` and `SigPnd` of `/proc/self/task/TID/status`.
-fn signal_precheck(tid: i32, signal: i32) -> Option<(NotCaptured, String)> {
-    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).ok()?;
-    let (blocked, pending) = signal_masks(&status, signal);
-    if blocked {
-        Some((
-            NotCaptured::SignalBlocked,
-            format!("the thread blocks signal {signal}"),
-        ))
-    } else if pending {
-        Some((
-            NotCaptured::SignalPending,
-            format!(
-                "signal {signal} from an earlier capture is still pending (the thread has not run since)"
-            ),
-        ))
-    } else {
-        None
-    }
-}
-
-/// Whether `signal` is set in the `SigBlk:` and `SigPnd:` masks.
-pub(super) fn signal_masks(status: &str, signal: i32) -> (bool, bool) {
-    let bit = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .zip(u32::try_from(signal - 1).ok().filter(|b| *b < 64))
-            .is_some_and(|(mask, b)| mask & (1u64 << b) != 0)
-    };
-    (bit("SigBlk:"), bit("SigPnd:"))
 }

@@ -78,9 +78,11 @@ pub(super) fn sleep_here_for_test(stop: &AtomicBool) {
     }
 }
 
-/// Blocks the default capture signal, then sleeps until stopped; unblocks
-/// before returning so that a signal left pending is delivered (and ignored
-/// by the handler) while the thread still exists.
+/// Blocks the default capture signal, then yields the CPU in a loop until
+/// stopped (runnable, not asleep: a thread asleep in a system call would be
+/// read without a signal); unblocks before returning so that a signal left
+/// pending is delivered (and ignored by the handler) while the thread still
+/// exists.
 pub(super) fn blocked_here_for_test(stop: &AtomicBool) {
     let signal = CaptureConfig::default().signal;
     // SAFETY: a zeroed sigset_t is valid input for sigemptyset, which
@@ -91,7 +93,9 @@ pub(super) fn blocked_here_for_test(stop: &AtomicBool) {
         libc::sigaddset(&mut set, signal);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
-    sleep_here_for_test(stop);
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::yield_now();
+    }
     // SAFETY: as above.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -254,6 +258,35 @@ fn sleeping_thread_shows_libc_and_own_frames() {
 }
 
 #[test]
+fn a_sleeping_thread_is_read_without_a_signal() {
+    // The standard library's frames find their callers through the frame
+    // pointer, which /proc does not give: the capture guesses it.
+    let sampler = sampler();
+    let sleeper = TestThread::spawn("lw-asleep", sleep_here_for_test);
+    let mut last = None;
+    for _ in 0..50 {
+        let capture = sampler.capture(&[sleeper.tid]);
+        let t = thread(&capture, sleeper.tid).clone();
+        let done = t.read_asleep;
+        last = Some(t);
+        if done {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    sleeper.join();
+    let t = last.expect("captured");
+    assert!(t.read_asleep, "never read without a signal: {t:#?}");
+    assert_eq!(t.outcome, CaptureOutcome::Captured, "{t:?}");
+    let own = position(&t, "sleep_here_for_test").unwrap_or_else(|| panic!("{:#?}", names(&t)));
+    assert!(
+        position(&t, "nanosleep").is_some_and(|libc| libc < own),
+        "{:#?}",
+        names(&t)
+    );
+}
+
+#[test]
 fn thread_blocking_the_signal_is_unresponsive_and_others_still_captured() {
     let timeout = Duration::from_millis(300);
     let sampler = StackSampler::new(CaptureConfig {
@@ -268,7 +301,7 @@ fn thread_blocking_the_signal_is_unresponsive_and_others_still_captured() {
     loop {
         let status =
             std::fs::read_to_string(format!("/proc/self/task/{}/status", blocked.tid)).unwrap();
-        if sequence::signal_masks(&status, CaptureConfig::default().signal).0 {
+        if precheck::signal_masks(&status, CaptureConfig::default().signal).0 {
             break;
         }
         assert!(Instant::now() < deadline, "signal never blocked");
