@@ -126,6 +126,18 @@ pub fn read_thread(tid: i32) -> Option<ThreadFacts> {
     })
 }
 
+/// The system call thread `tid` of this process is in, alone (one file
+/// read instead of [`read_thread`]'s three); `None` when it is running or
+/// gone.
+pub fn read_syscall(tid: i32) -> Option<SyscallInfo> {
+    if tid <= 0 {
+        return None;
+    }
+    fs::read_to_string(format!("/proc/self/task/{tid}/syscall"))
+        .ok()
+        .and_then(|s| parse_syscall(&s))
+}
+
 /// The kernel stack of thread `tid` (`/proc/self/task/TID/stack`), one
 /// function per entry, innermost first (`do_wait+0x1a5/0x2d0`).
 ///

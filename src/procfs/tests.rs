@@ -168,11 +168,15 @@ fn sleeping_thread_facts() {
     // The thread spends nearly all its time in clock_nanosleep; retry a
     // few times in case a read lands in its short running window.
     let mut seen = None;
+    let mut alone = None;
     for _ in 0..200 {
         let facts = read_thread(tid).expect("thread alive");
         if facts.state == 'S' && facts.syscall.is_some() {
+            alone = read_syscall(tid);
             seen = Some(facts);
-            break;
+            if alone.as_ref().is_some_and(|s| s.user_regs.is_some()) {
+                break;
+            }
         }
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -186,6 +190,19 @@ fn sleeping_thread_facts() {
         matches!(name.as_deref(), Some("clock_nanosleep") | Some("nanosleep")),
         "{name:?}"
     );
+    // The system call alone, as the capture re-reads it.
+    let alone = alone.expect("read_syscall of a sleeping thread");
+    assert!(
+        matches!(
+            alone.name.as_deref(),
+            Some("clock_nanosleep") | Some("nanosleep")
+        ),
+        "{alone:?}"
+    );
+    assert!(
+        alone.user_regs.is_some_and(|(sp, pc)| sp != 0 && pc != 0),
+        "{alone:?}"
+    );
     // Gone threads are None.
     let mut exited = None;
     for _ in 0..1000 {
@@ -198,6 +215,8 @@ fn sleeping_thread_facts() {
     assert_eq!(exited, None);
     assert_eq!(read_thread(0), None);
     assert_eq!(read_thread(-5), None);
+    assert_eq!(read_syscall(tid), None);
+    assert_eq!(read_syscall(0), None);
 }
 
 #[test]

@@ -324,8 +324,7 @@ impl Attempt<'_> {
         }
         // Still asleep in the same call at the same place: the copy is
         // whole.
-        let again = procfs::read_thread(tid)?;
-        if again.syscall.as_ref().and_then(|s| s.user_regs) != Some((sp, pc)) {
+        if procfs::read_syscall(tid).and_then(|s| s.user_regs) != Some((sp, pc)) {
             return None;
         }
         // Only the stack and instruction pointers are known: a frame whose
