@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use super::config::CaptureConfig;
 use super::tests::{
-    blocked_here_for_test, names, position, sampler, sleep_here_for_test, thread, TestThread,
+    blocked_here_for_test, names, position, sampler, sleep_here_for_test, thread,
+    wait_until_signal_blocked, TestThread,
 };
 use super::*;
 
@@ -36,17 +37,8 @@ fn a_capture_stops_signalling_when_its_budget_is_used_up() {
     let blocked: Vec<TestThread> = (0..5)
         .map(|_| TestThread::spawn("lw-budget", blocked_here_for_test))
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(5);
     for t in &blocked {
-        loop {
-            let status =
-                std::fs::read_to_string(format!("/proc/self/task/{}/status", t.tid)).unwrap();
-            if precheck::signal_masks(&status, CaptureConfig::default().signal).0 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "signal never blocked");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_until_signal_blocked(t.tid);
     }
     let sampler = sampler();
     let tids: Vec<i32> = blocked.iter().map(|t| t.tid).collect();

@@ -87,47 +87,46 @@
 //! `frame`, `names` and `symtab`; `coverage` uses `debugfile`, `dwarf` and
 //! `elf`; `symtab` uses `debugfile`, `elf`, `modules` and `names`;
 //! `modules` uses `elf`, `frame`, `maps` and `sys`; `debugfile` uses `elf`;
-//! `carry` uses `capture` and `frame`; `names` and `capture` use `frame`; `frame`, `config`, `elf`, `maps`
-//! and `sys` use no sibling.
+//! `carry` uses `capture` and `frame`; `names` and `capture` use `frame`;
+//! `frame`, `frame_pointer`, `config`, `elf`, `maps` and `sys` use no
+//! sibling.
 
 mod capture;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-mod carry;
 mod config;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-mod coverage;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-mod debugfile;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-mod dwarf;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-mod dwarf_file;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-mod elf;
 mod frame;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-mod frame_pointer;
 #[cfg(all(test, target_os = "linux", target_arch = "x86_64"))]
 mod lifecycle_tests;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-mod maps;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-mod modules;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-mod names;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-mod offline;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-mod precheck;
 mod sampler;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-mod sequence;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-mod symtab;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-mod sys;
 #[cfg(all(test, target_os = "linux", target_arch = "x86_64"))]
 mod tests;
+
+/// Declares modules that exist on x86_64 Linux only.
+macro_rules! x86_64_linux {
+    ($($module:item)*) => {
+        $(
+            #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+            $module
+        )*
+    };
+}
+
+x86_64_linux! {
+    mod carry;
+    mod coverage;
+    mod debugfile;
+    mod dwarf;
+    mod dwarf_file;
+    mod elf;
+    mod frame_pointer;
+    mod maps;
+    mod modules;
+    mod names;
+    mod offline;
+    mod precheck;
+    mod sequence;
+    mod symtab;
+    mod sys;
+}
 
 pub use capture::{Capture, CaptureOutcome, NotCaptured, ThreadStack};
 pub use config::CaptureConfig;

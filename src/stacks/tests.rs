@@ -105,6 +105,19 @@ pub(super) fn blocked_here_for_test(stop: &AtomicBool) {
     }
 }
 
+/// Waits (at most 5 s) until thread `tid` blocks the capture signal.
+pub(super) fn wait_until_signal_blocked(tid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
+        if precheck::signal_masks(&status, CaptureConfig::default().signal).0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "signal never blocked");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// A sampler with the longest timeout: a loaded CI machine may leave a
 /// runnable thread off the CPU for more than the default 50 ms, and these
 /// tests are about what is captured, not about scheduling latency.
@@ -297,16 +310,7 @@ fn thread_blocking_the_signal_is_unresponsive_and_others_still_captured() {
     let blocked = TestThread::spawn("lw-blocked", blocked_here_for_test);
     let spinner = TestThread::spawn("lw-spinner2", spin_here_for_test);
     // Let the blocked thread block the signal (it does so first thing).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let status =
-            std::fs::read_to_string(format!("/proc/self/task/{}/status", blocked.tid)).unwrap();
-        if precheck::signal_masks(&status, CaptureConfig::default().signal).0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "signal never blocked");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until_signal_blocked(blocked.tid);
 
     // With the /proc precheck: answered at once, without a signal.
     let started = Instant::now();
