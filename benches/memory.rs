@@ -181,28 +181,6 @@ fn reset_peak(pid: &str) {
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
 }
 
-/// Whether glibc's separate debug file (Debian's `libc6-dbg`) is installed.
-fn libc_debug_installed() -> bool {
-    let out = Command::new("readelf")
-        .args(["-n", "/lib/x86_64-linux-gnu/libc.so.6"])
-        .output();
-    let Ok(out) = out else { return false };
-    let text = String::from_utf8_lossy(&out.stdout);
-    let Some(id) = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Build ID: "))
-        .map(str::trim)
-    else {
-        return false;
-    };
-    Path::new(&format!(
-        "/usr/lib/debug/.build-id/{}/{}.debug",
-        &id[..2],
-        &id[2..]
-    ))
-    .exists()
-}
-
 /// The target directory this bench runs from (target/release/deps/<bench>).
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();

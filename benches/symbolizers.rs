@@ -115,25 +115,6 @@ fn child(mode: &str) {
     drop(idle);
 }
 
-fn libc_debug_installed() -> bool {
-    let out = Command::new("readelf")
-        .args(["-n", "/lib/x86_64-linux-gnu/libc.so.6"])
-        .output();
-    let Ok(out) = out else { return false };
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("Build ID: "))
-        .map(str::trim)
-        .is_some_and(|id| {
-            std::path::Path::new(&format!(
-                "/usr/lib/debug/.build-id/{}/{}.debug",
-                &id[..2],
-                &id[2..]
-            ))
-            .exists()
-        })
-}
-
 fn main() {
     if let Ok(mode) = std::env::var("LOOPWATCH_BENCH_CHILD") {
         child(&mode);

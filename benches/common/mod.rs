@@ -617,6 +617,30 @@ pub fn machine() -> String {
     format!("{cpu}, {cores} cores, Linux {kernel}, load average {load}")
 }
 
+/// Whether glibc's separate debug file (Debian's `libc6-dbg`) is
+/// installed, found by libc's build id under `/usr/lib/debug/.build-id`.
+pub fn libc_debug_installed() -> bool {
+    let Ok(out) = std::process::Command::new("readelf")
+        .args(["-n", "/lib/x86_64-linux-gnu/libc.so.6"])
+        .output()
+    else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .map(str::trim)
+        .filter(|id| id.len() > 2)
+        .is_some_and(|id| {
+            Path::new(&format!(
+                "/usr/lib/debug/.build-id/{}/{}.debug",
+                &id[..2],
+                &id[2..]
+            ))
+            .exists()
+        })
+}
+
 /// Prints the bench's heading.
 pub fn heading(name: &str) {
     println!("\n== loopwatch bench: {name} ==");

@@ -250,18 +250,10 @@ impl State {
 
 /// The monitor thread's own entry: not interrupted.
 fn monitor(tid: i32, facts: Option<procfs::ThreadFacts>) -> ThreadStack {
-    ThreadStack {
-        tid,
-        facts,
-        outcome: CaptureOutcome::Monitor,
-        not_captured: None,
-        detail: None,
-        kernel_stack: Vec::new(),
-        read_asleep: false,
-        registers: None,
-        stack_bytes: 0,
-        frames: Vec::new(),
-    }
+    let mut t = ThreadStack::not_captured(tid, facts, NotCaptured::Failed);
+    t.outcome = CaptureOutcome::Monitor;
+    t.not_captured = None;
+    t
 }
 
 /// One frame: its module, build id, offset and symbol-table name.
