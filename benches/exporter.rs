@@ -559,6 +559,28 @@ struct Phase {
     attack: Vec<String>,
 }
 
+/// `loopwatch_exporter_connections_total` by result, from the watchdog's
+/// registry.
+fn connection_counts(wd: &loopwatch::Watchdog) -> Vec<(String, u64)> {
+    let mut counts = Vec::new();
+    for family in wd.registry().gather() {
+        if family.name() != "loopwatch_exporter_connections_total" {
+            continue;
+        }
+        for m in family.get_metric() {
+            let result = m
+                .get_label()
+                .iter()
+                .find(|l| l.name() == "result")
+                .map(|l| l.value().to_string())
+                .unwrap_or_default();
+            counts.push((result, m.get_counter().get_value() as u64));
+        }
+    }
+    counts.sort();
+    counts
+}
+
 /// What the hostile-clients group measured.
 struct Hostile {
     phases: Vec<Phase>,
@@ -607,6 +629,7 @@ fn phase(
     paced: bool,
 ) -> Phase {
     let closed0 = attack.map_or(0, |a| a.counts.closed_by_server.load(Ordering::Relaxed));
+    let conn0 = connection_counts(wd);
     let cpu0 = threads_cpu_ns("loopwatch-expo");
     let wall0 = Instant::now();
     let mut probes = Vec::new();
@@ -653,6 +676,16 @@ fn phase(
     let wall = wall0.elapsed();
     let exporter_cpu = (threads_cpu_ns("loopwatch-expo") - cpu0) as f64 / wall.as_nanos() as f64;
     let mut lines = Vec::new();
+    let conn1 = connection_counts(wd);
+    lines.push(format!(
+        "{name}: exporter connections: {}",
+        conn1
+            .iter()
+            .zip(&conn0)
+            .map(|((result, after), (_, before))| format!("{result} {}", after - before))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
     if let Some(a) = attack {
         let closed = a.counts.closed_by_server.load(Ordering::Relaxed) - closed0;
         held.sort_unstable();
