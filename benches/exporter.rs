@@ -461,35 +461,47 @@ struct LagHistogram {
     buckets: Vec<(f64, u64)>,
 }
 
-fn lag_histograms(wd: &loopwatch::Watchdog) -> Vec<(String, LagHistogram)> {
-    let mut out = Vec::new();
-    for fam in wd.registry().gather() {
-        if fam.name() != "loopwatch_probe_lag_seconds" {
-            continue;
-        }
-        for m in fam.get_metric() {
-            let rt = m
+/// The series of metric family `family` in the watchdog's registry, each
+/// with the value of its label `label`.
+fn series_of(
+    wd: &loopwatch::Watchdog,
+    family: &str,
+    label: &str,
+) -> Vec<(String, prometheus::proto::Metric)> {
+    wd.registry()
+        .gather()
+        .iter()
+        .filter(|f| f.name() == family)
+        .flat_map(|f| f.get_metric().to_vec())
+        .map(|m| {
+            let value = m
                 .get_label()
                 .iter()
-                .find(|l| l.name() == "runtime")
+                .find(|l| l.name() == label)
                 .map(|l| l.value().to_string())
                 .unwrap_or_default();
+            (value, m)
+        })
+        .collect()
+}
+
+fn lag_histograms(wd: &loopwatch::Watchdog) -> Vec<(String, LagHistogram)> {
+    series_of(wd, "loopwatch_probe_lag_seconds", "runtime")
+        .into_iter()
+        .map(|(rt, m)| {
             let h = m.get_histogram();
-            out.push((
-                rt,
-                LagHistogram {
-                    count: h.get_sample_count(),
-                    sum: h.get_sample_sum(),
-                    buckets: h
-                        .get_bucket()
-                        .iter()
-                        .map(|b| (b.upper_bound(), b.cumulative_count()))
-                        .collect(),
-                },
-            ));
-        }
-    }
-    out
+            let lag = LagHistogram {
+                count: h.get_sample_count(),
+                sum: h.get_sample_sum(),
+                buckets: h
+                    .get_bucket()
+                    .iter()
+                    .map(|b| (b.upper_bound(), b.cumulative_count()))
+                    .collect(),
+            };
+            (rt, lag)
+        })
+        .collect()
 }
 
 /// Lag over a window: probes, mean (µs), share above 1 ms, and the bucket
@@ -562,21 +574,11 @@ struct Phase {
 /// `loopwatch_exporter_connections_total` by result, from the watchdog's
 /// registry.
 fn connection_counts(wd: &loopwatch::Watchdog) -> Vec<(String, u64)> {
-    let mut counts = Vec::new();
-    for family in wd.registry().gather() {
-        if family.name() != "loopwatch_exporter_connections_total" {
-            continue;
-        }
-        for m in family.get_metric() {
-            let result = m
-                .get_label()
-                .iter()
-                .find(|l| l.name() == "result")
-                .map(|l| l.value().to_string())
-                .unwrap_or_default();
-            counts.push((result, m.get_counter().get_value() as u64));
-        }
-    }
+    let mut counts: Vec<(String, u64)> =
+        series_of(wd, "loopwatch_exporter_connections_total", "result")
+            .into_iter()
+            .map(|(result, m)| (result, m.get_counter().get_value() as u64))
+            .collect();
     counts.sort();
     counts
 }
