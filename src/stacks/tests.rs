@@ -214,29 +214,40 @@ fn spinning_thread_is_captured_with_file_and_line() {
     );
 }
 
+/// Captures thread `tid` until `done` holds for its stack (at most 50
+/// times, 3 ms apart: a thread that sleeps almost all the time can still
+/// be caught in the microseconds between two sleeps); the last capture.
+fn capture_until(
+    sampler: &StackSampler,
+    tid: i32,
+    done: impl Fn(&ThreadStack) -> bool,
+) -> ThreadStack {
+    let mut last = None;
+    for _ in 0..50 {
+        let capture = sampler.capture(&[tid]);
+        let t = thread(&capture, tid).clone();
+        let finished = done(&t);
+        last = Some(t);
+        if finished {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    last.expect("captured at least once")
+}
+
 #[test]
 fn sleeping_thread_shows_libc_and_own_frames() {
     let sampler = sampler();
     let sleeper = TestThread::spawn("lw-sleeper", sleep_here_for_test);
-    // The thread sleeps almost all the time; retry in case one capture
-    // lands in the microseconds between two sleeps.
-    let mut last = None;
-    for _ in 0..50 {
-        let capture = sampler.capture(&[sleeper.tid]);
-        let t = thread(&capture, sleeper.tid).clone();
+    let t = capture_until(&sampler, sleeper.tid, |t| {
         let sleeping = t
             .facts
             .as_ref()
             .is_some_and(|f| f.state == 'S' && f.syscall.is_some());
-        if sleeping && position(&t, "nanosleep").is_some() {
-            last = Some(t);
-            break;
-        }
-        last = Some(t);
-        std::thread::sleep(Duration::from_millis(3));
-    }
+        sleeping && position(t, "nanosleep").is_some()
+    });
     sleeper.join();
-    let t = last.expect("captured");
     assert_eq!(t.outcome, CaptureOutcome::Captured, "{t:?}");
     let libc_frame = position(&t, "nanosleep").unwrap_or_else(|| panic!("{:#?}", names(&t)));
     let own = position(&t, "sleep_here_for_test").unwrap_or_else(|| panic!("{:#?}", names(&t)));
@@ -276,19 +287,8 @@ fn a_sleeping_thread_is_read_without_a_signal() {
     // pointer, which /proc does not give: the capture guesses it.
     let sampler = sampler();
     let sleeper = TestThread::spawn("lw-asleep", sleep_here_for_test);
-    let mut last = None;
-    for _ in 0..50 {
-        let capture = sampler.capture(&[sleeper.tid]);
-        let t = thread(&capture, sleeper.tid).clone();
-        let done = t.read_asleep;
-        last = Some(t);
-        if done {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(3));
-    }
+    let t = capture_until(&sampler, sleeper.tid, |t| t.read_asleep);
     sleeper.join();
-    let t = last.expect("captured");
     assert!(t.read_asleep, "never read without a signal: {t:#?}");
     assert_eq!(t.outcome, CaptureOutcome::Captured, "{t:?}");
     let own = position(&t, "sleep_here_for_test").unwrap_or_else(|| panic!("{:#?}", names(&t)));
