@@ -193,41 +193,24 @@ impl Bed {
 
     /// Starts what `variant` needs and lets it settle.
     fn arm(&self, variant: Variant) -> Armed {
+        let watched = |configure: fn(loopwatch::Builder) -> loopwatch::Builder| Armed {
+            watchdog: Some(
+                configure(loopwatch::Watchdog::builder())
+                    .watch("bench", self.handle.clone())
+                    .no_report_files()
+                    .start()
+                    .expect("start watchdog"),
+            ),
+            seed: None,
+        };
         let armed = match variant {
             Variant::Off => Armed::default(),
-            Variant::Loopwatch => Armed {
-                watchdog: Some(
-                    loopwatch::Watchdog::builder()
-                        .watch("bench", self.handle.clone())
-                        .no_report_files()
-                        .start()
-                        .expect("start watchdog"),
-                ),
-                seed: None,
-            },
-            Variant::LoopwatchNoHiccups => Armed {
-                watchdog: Some(
-                    loopwatch::Watchdog::builder()
-                        .watch("bench", self.handle.clone())
-                        .no_hiccups()
-                        .no_report_files()
-                        .start()
-                        .expect("start watchdog"),
-                ),
-                seed: None,
-            },
-            Variant::LoopwatchFast => Armed {
-                watchdog: Some(
-                    loopwatch::Watchdog::builder()
-                        .stall_threshold(Duration::from_millis(50))
-                        .probe_interval(Duration::from_millis(10))
-                        .watch("bench", self.handle.clone())
-                        .no_report_files()
-                        .start()
-                        .expect("start watchdog"),
-                ),
-                seed: None,
-            },
+            Variant::Loopwatch => watched(|b| b),
+            Variant::LoopwatchNoHiccups => watched(|b| b.no_hiccups()),
+            Variant::LoopwatchFast => watched(|b| {
+                b.stall_threshold(Duration::from_millis(50))
+                    .probe_interval(Duration::from_millis(10))
+            }),
             Variant::Seed => {
                 let h = spawn_seed_pinger(
                     &self.handle,
