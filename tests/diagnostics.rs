@@ -25,14 +25,30 @@ fn demo_report(kind: &str, stall_for: &str) -> Value {
     // process dies meanwhile) and again after its DWARF pass: wait for the
     // latter, whose culprit has a source file.
     let named = |r: &Value| has_two_captures(r) && r["culprit"]["file"].is_string();
-    demo.report_when(Duration::from_secs(20), named)
+    let r = demo
+        .report_when(Duration::from_secs(20), named)
         .unwrap_or_else(|| {
             panic!(
                 "no report with two captures and a culprit with a file for --stall-kind {kind} \
                  in 20 s; newest: {:?}",
                 demo.newest_report()
             )
-        })
+        });
+    // The thread groups show the same names as the culprit: files and
+    // lines too, whichever capture's DWARF pass found them.
+    let culprit = &r["culprit"]["function"];
+    let frame = r["threads"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|g| g["loop_thread"] == true)
+        .flat_map(|g| g["frames"].as_array().into_iter().flatten())
+        .find(|f| &f["function"] == culprit);
+    assert!(
+        frame.is_some_and(|f| f["file"].is_string()),
+        "the loop thread's frame of culprit {culprit} has no file: {frame:?}"
+    );
+    r
 }
 
 fn assert_verdict(r: &Value, kind: &str, culprit: &str) {

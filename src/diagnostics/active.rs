@@ -40,6 +40,20 @@ pub(super) struct ActiveStall {
     pub(super) deadlock: Vec<String>,
 }
 
+impl ActiveStall {
+    /// Whether the DWARF pass over the detection capture is put off: the
+    /// detection capture took (nearly) all the time before the second
+    /// capture, whose own pass, with the full budget, names both; a pass
+    /// now would have no time and only add a note. The pass stays pending
+    /// (the second capture, or the stall's end, runs it).
+    pub(super) fn pass_deferred(&self, now: u64) -> bool {
+        self.second.is_none()
+            && self
+                .second_due
+                .is_some_and(|due| due.saturating_sub(now) < clock::micros(MIN_PASS_BEFORE_SECOND))
+    }
+}
+
 /// A worker stuck during an incident: since when, and until when once it
 /// moves again (µs clock), so that every version of the report says how
 /// long it has been stuck.
@@ -154,21 +168,20 @@ impl Diagnostics {
     /// Runs a pending DWARF pass and decides again; false when none was
     /// pending.
     pub(super) fn symbolize_now(&mut self, stall: &mut ActiveStall) -> bool {
-        if !std::mem::take(&mut stall.symbolize_pending) {
+        if !stall.symbolize_pending || stall.pass_deferred(clock::now_us()) {
             return false;
         }
+        stall.symbolize_pending = false;
         let until = stall.second_due.or(stall.deadline);
-        if let Some(due) = stall.second_due {
-            // The detection capture took (nearly) all the time before the
-            // second one: that capture's own pass, with the full budget,
-            // names both; a pass with no time would only add a note.
-            if due.saturating_sub(clock::now_us()) < clock::micros(MIN_PASS_BEFORE_SECOND) {
-                return false;
-            }
-        }
         let mut notes = std::mem::take(&mut stall.report.notes);
         match &mut stall.second {
-            Some((_, second)) => self.symbolize(second, &mut notes, until),
+            Some((_, second)) => {
+                self.symbolize(second, &mut notes, until);
+                // The report's thread groups show the detection capture's
+                // frames, whose own pass may have been put off: they get
+                // the names this pass found.
+                crate::stacks::carry_names(second, &mut stall.first);
+            }
             None => self.symbolize(&mut stall.first, &mut notes, until),
         }
         stall.report.notes = notes;

@@ -586,8 +586,9 @@ impl Diagnostics {
 
     /// The next time a step is due.
     pub(crate) fn next_due(&self) -> Option<u64> {
+        let now = clock::now_us();
         let active = self.active.iter().filter_map(|a| match a {
-            Some(Active::Full(s)) if s.symbolize_pending => Some(0),
+            Some(Active::Full(s)) if s.symbolize_pending && !s.pass_deferred(now) => Some(0),
             Some(Active::Full(s)) => [s.second_due, s.next_sample].into_iter().flatten().min(),
             _ => None,
         });
