@@ -127,8 +127,8 @@ pub fn read_thread(tid: i32) -> Option<ThreadFacts> {
 }
 
 /// The system call thread `tid` of this process is in, alone (one file
-/// read instead of [`read_thread`]'s three); `None` when it is running or
-/// gone.
+/// read instead of [`read_thread`]'s three); `None` when it is running,
+/// blocked outside a system call, or gone.
 pub fn read_syscall(tid: i32) -> Option<SyscallInfo> {
     if tid <= 0 {
         return None;
@@ -136,6 +136,21 @@ pub fn read_syscall(tid: i32) -> Option<SyscallInfo> {
     fs::read_to_string(format!("/proc/self/task/{tid}/syscall"))
         .ok()
         .and_then(|s| parse_syscall(&s))
+}
+
+/// How many times thread `tid` of this process has been put on a CPU (the
+/// third field of `/proc/<tid>/schedstat`): unchanged between two reads
+/// means it did not run in between. `None` when it is gone.
+pub fn run_count(tid: i32) -> Option<u64> {
+    if tid <= 0 {
+        return None;
+    }
+    fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .ok()?
+        .split_ascii_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
 }
 
 /// The kernel stack of thread `tid` (`/proc/self/task/TID/stack`), one

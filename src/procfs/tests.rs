@@ -203,6 +203,7 @@ fn sleeping_thread_facts() {
         alone.user_regs.is_some_and(|(sp, pc)| sp != 0 && pc != 0),
         "{alone:?}"
     );
+    assert!(run_count(current_tid()).is_some_and(|n| n > 0));
     // Gone threads are None.
     let mut exited = None;
     for _ in 0..1000 {
@@ -217,6 +218,7 @@ fn sleeping_thread_facts() {
     assert_eq!(read_thread(-5), None);
     assert_eq!(read_syscall(tid), None);
     assert_eq!(read_syscall(0), None);
+    assert_eq!(run_count(tid), None);
 }
 
 #[test]

@@ -1,17 +1,22 @@
-//! Frame-pointer guesses for a thread read without a signal.
+//! Frame-pointer guesses for a thread in uninterruptible sleep.
 //!
 //! A thread asleep in a system call is read from `/proc/<tid>/syscall`,
 //! which gives its stack and instruction pointers but not `rbp`. Code built
 //! with frame pointers (the standard library as rustup ships it here, any
-//! crate at `opt-level = 0`) says in its CFI that its caller is found through `rbp`,
-//! so an unwind that starts with `rbp` unknown stops at the first such
-//! frame. This module owns the guess: the places in the copied stack that
-//! look like a frame record (a saved frame pointer that points further up
-//! the stack, or is 0 at the root, followed by an address in a known
-//! module). The capture sequence unwinds from each guess in turn, lowest
-//! first, and keeps the first unwind that reaches the thread's root; a
-//! wrong guess does not get there, and when none does the thread is
-//! signalled as before.
+//! crate at `opt-level = 0`) says in its CFI that its caller is found
+//! through `rbp`, so an unwind that starts with `rbp` unknown stops at the
+//! first such frame. This module owns the guess: the places in the copied
+//! stack, at or above the stack pointer of that first frame, that look
+//! like a frame record (a saved frame pointer that points further up the
+//! stack, or is 0 at the root, followed by an address in a known module).
+//!
+//! A guess is not proof. A stale record left in the uninitialised locals of
+//! that first frame by an earlier call can chain into the live records and
+//! reach the thread's root with one invented caller. So the capture
+//! sequence guesses only for a thread in uninterruptible sleep (D), which
+//! no signal can reach and which would otherwise have no stack at all, and
+//! the report says the frame pointer was guessed; a thread in ordinary
+//! sleep (S) whose stack needs the frame pointer is signalled instead.
 //!
 //! It does not unwind (the `modules` module does) nor decide whether an
 //! unwind is whole (the capture sequence does).
@@ -24,10 +29,17 @@ pub(super) const MAX_GUESSES: usize = 16;
 /// library's and the standard library's wrappers) are small.
 const SCAN_BYTES: usize = 16 * 1024;
 
-/// Addresses in `stack` (copied from `sp` upwards) that look like a frame
-/// record, lowest first, at most [`MAX_GUESSES`]. `is_code` says whether an
-/// address lies in a known module.
-pub(super) fn guesses(stack: &[u8], sp: u64, is_code: impl Fn(u64) -> bool) -> Vec<u64> {
+/// Addresses in `stack` (copied from `sp` upwards) at or above `floor` that
+/// look like a frame record, lowest first, at most [`MAX_GUESSES`].
+/// `floor` is the stack pointer of the first frame that needs the frame
+/// pointer (its record lies in its own frame, above it); `is_code` says
+/// whether an address lies in a known module.
+pub(super) fn guesses(
+    stack: &[u8],
+    sp: u64,
+    floor: u64,
+    is_code: impl Fn(u64) -> bool,
+) -> Vec<u64> {
     let top = sp.saturating_add(stack.len() as u64);
     let word = |offset: usize| -> Option<u64> {
         let bytes = stack.get(offset..offset.checked_add(8)?)?;
@@ -42,6 +54,9 @@ pub(super) fn guesses(stack: &[u8], sp: u64, is_code: impl Fn(u64) -> bool) -> V
             break;
         };
         let at = sp + offset as u64;
+        if at < floor {
+            continue;
+        }
         let links_up = saved == 0 || (saved > at && saved < top && saved % 8 == 0);
         if links_up && is_code(ret) {
             found.push(at);
@@ -75,7 +90,9 @@ mod tests {
             sp - 8,    // sp + 48: points down: not a record
             0x40_4000, // sp + 56
         ]);
-        assert_eq!(guesses(&stack, sp, code), vec![sp + 16, sp + 32]);
+        assert_eq!(guesses(&stack, sp, sp, code), vec![sp + 16, sp + 32]);
+        // Below the floor nothing counts.
+        assert_eq!(guesses(&stack, sp, sp + 24, code), vec![sp + 32]);
     }
 
     #[test]
@@ -84,9 +101,9 @@ mod tests {
         let words: Vec<u64> = (0..200).flat_map(|_| [0, 0x40_0000]).collect();
         let stack = stack_of(&words);
         let all = |_: u64| true;
-        assert_eq!(guesses(&stack, sp, all).len(), MAX_GUESSES);
-        assert!(guesses(&stack, sp + 4, all).is_empty());
-        assert!(guesses(&[], sp, all).is_empty());
-        assert!(guesses(&stack[..12], sp, all).is_empty());
+        assert_eq!(guesses(&stack, sp, sp, all).len(), MAX_GUESSES);
+        assert!(guesses(&stack, sp + 4, sp + 4, all).is_empty());
+        assert!(guesses(&[], sp, sp, all).is_empty());
+        assert!(guesses(&stack[..12], sp, sp, all).is_empty());
     }
 }

@@ -11,10 +11,12 @@
 //! 2. For one thread at a time, a thread asleep in a system call (state
 //!    `S` or `D`) is read without a signal first: its stack and
 //!    instruction pointers from `/proc/<tid>/syscall`, its stack copied
-//!    with `process_vm_readv`; the copy is kept when it unwinds to the
-//!    thread's root, with the frame pointer guessed where the code needs
-//!    it ([`frame_pointer`]), and the pointers did not change meanwhile:
-//!    then a sleeping thread is neither woken nor interrupted. Otherwise, send a
+//!    with `process_vm_readv`; the copy is kept when the thread did not
+//!    run meanwhile and it unwinds to the thread's root: then a sleeping
+//!    thread is neither woken nor interrupted. Only a thread in
+//!    uninterruptible sleep gets a guessed frame pointer where its code
+//!    needs one ([`frame_pointer`]); most Rust stacks do, so a thread in
+//!    ordinary sleep is usually signalled. Otherwise, send a
 //!    real-time signal with `tgkill`. Its
 //!    handler copies the interrupted `rip`/`rsp`/`rbp` (from its
 //!    `ucontext`) and the stack from `rsp` up to the end of its mapping
@@ -66,7 +68,7 @@
 //!   `unsafe` block;
 //! * [`maps`], [`modules`]: `/proc/self/maps`, the loaded ELF modules and
 //!   their unwinder; [`frame_pointer`]: where the frame pointer of a
-//!   thread read without a signal probably is;
+//!   thread in uninterruptible sleep probably is;
 //! * [`elf`], [`debugfile`]: what an ELF file's headers say, and where its
 //!   separate debug file is;
 //! * [`names`], [`symtab`], [`dwarf`], [`dwarf_file`]: demangling and

@@ -96,6 +96,9 @@ pub(crate) struct Unwound {
     pub frames: Vec<FrameAddress>,
     /// Why unwinding stopped before the root, if framehop could tell.
     pub stopped: Option<String>,
+    /// The end of the highest stack word the unwind read: where the frame
+    /// it stopped in begins, when it stopped for want of a frame pointer.
+    pub read_up_to: u64,
 }
 
 impl Modules {
@@ -196,11 +199,13 @@ impl Modules {
     /// `regs.sp` upwards), up to `max_frames` frames.
     pub(crate) fn unwind(&mut self, regs: Regs, stack: &[u8], max_frames: usize) -> Unwound {
         let base = regs.sp;
+        let mut read_up_to = base;
         let mut read_stack = |addr: u64| -> Result<u64, ()> {
             let offset = usize::try_from(addr.checked_sub(base).ok_or(())?).map_err(|_| ())?;
             let bytes = stack
                 .get(offset..offset.checked_add(8).ok_or(())?)
                 .ok_or(())?;
+            read_up_to = read_up_to.max(addr.saturating_add(8));
             Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
         };
         let mut iter = self.unwinder.iter_frames(
@@ -224,6 +229,7 @@ impl Modules {
                 }
             }
         }
+        out.read_up_to = read_up_to;
         out
     }
 }

@@ -298,50 +298,78 @@ impl Attempt<'_> {
     /// A thread asleep in a system call, read without a signal: its stack
     /// copied from the stack pointer `/proc` gives, then unwound from the
     /// instruction after the call. `None` when the copy cannot be made, the
-    /// thread moved meanwhile, or the unwind did not reach the thread's
-    /// root (the caller then signals it, or reports it from `/proc`
-    /// alone).
+    /// thread ran during the copy or moved, or the unwind did not reach the
+    /// thread's root (the caller then signals it, or reports it from
+    /// `/proc` alone). Only a thread in uninterruptible sleep gets a
+    /// guessed frame pointer ([`frame_pointer`]).
     fn asleep(
         &mut self,
         tid: i32,
         facts: Option<procfs::ThreadFacts>,
         state: char,
         (sp, pc): (u64, u64),
+        deadline: Instant,
     ) -> Option<(ThreadStack, Option<Unwound>)> {
-        let started = Instant::now();
-        let len = sys::copy_blocked_stack(sp, self.arena);
-        self.capture.signal_duration += started.elapsed();
-        if len == 0 {
+        if state == 'S' {
+            // Most Rust stacks need the frame pointer, which is not
+            // guessed for a thread that a signal can reach: find that out
+            // from one copy and unwind before any further /proc read.
+            let len = self.copy_blocked(sp);
+            if len == 0 {
+                return None;
+            }
+            let probe = self.unwind(sys::Regs { ip: pc, sp, bp: 0 }, len);
+            if !self.reaches_root(&probe) {
+                return None;
+            }
+        }
+        let runs = procfs::run_count(tid)?;
+        let len = self.copy_blocked(sp);
+        // The copy is whole if the thread did not run meanwhile and still
+        // sleeps at the place the unwind starts from.
+        if len == 0
+            || procfs::run_count(tid) != Some(runs)
+            || procfs::read_syscall(tid).and_then(|s| s.user_regs) != Some((sp, pc))
+        {
             return None;
         }
-        // Still asleep in the same call at the same place: the copy is
-        // whole.
-        if procfs::read_syscall(tid).and_then(|s| s.user_regs) != Some((sp, pc)) {
-            return None;
-        }
-        // Only the stack and instruction pointers are known: a frame whose
-        // caller is found through the frame pointer needs a guess of it.
-        // Keep the stack only if an unwind reached the thread's root; else
-        // the signal is the better way in.
         let mut result = self.unwind(sys::Regs { ip: pc, sp, bp: 0 }, len);
+        let mut bp = 0;
+        let mut detail = None;
         if !self.reaches_root(&result) {
-            let guesses = frame_pointer::guesses(self.arena.stack(len), sp, |a| {
-                self.modules.find(a).is_some()
-            });
+            if state != 'D' {
+                return None;
+            }
+            let guesses =
+                frame_pointer::guesses(self.arena.stack(len), sp, result.read_up_to, |a| {
+                    self.modules.find(a).is_some()
+                });
+            let started = Instant::now();
             let mut whole = None;
-            for bp in guesses {
-                let guessed = self.unwind(sys::Regs { ip: pc, sp, bp }, len);
+            for guess in guesses {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let regs = sys::Regs { ip: pc, sp, bp: guess };
+                let guessed = self.modules.unwind(regs, self.arena.stack(len), MAX_FRAMES);
                 if self.reaches_root(&guessed) {
-                    whole = Some(guessed);
+                    whole = Some((guess, guessed));
                     break;
                 }
             }
-            result = whole?;
+            self.capture.unwind_duration += started.elapsed();
+            (bp, result) = whole?;
+            detail = Some(
+                "read in uninterruptible sleep with a guessed frame pointer: a frame outside the \
+                 first one that needs it may be a stale caller"
+                    .to_string(),
+            );
         }
         let mut t = ThreadStack::not_captured(tid, facts, NotCaptured::Failed);
         t.outcome = CaptureOutcome::Captured;
         t.not_captured = None;
-        t.registers = Some(Registers { ip: pc, sp, bp: 0 });
+        t.detail = detail;
+        t.registers = Some(Registers { ip: pc, sp, bp });
         t.stack_bytes = len;
         t.read_asleep = true;
         if state == 'D' {
@@ -367,6 +395,16 @@ impl Attempt<'_> {
         }
         self.capture.unwind_duration += started.elapsed();
         result
+    }
+
+    /// Copies the stack of a thread asleep at `sp` into the arena; its
+    /// length (0 when it cannot be copied). Counted as signal-and-copy
+    /// time.
+    fn copy_blocked(&mut self, sp: u64) -> usize {
+        let started = Instant::now();
+        let len = sys::copy_blocked_stack(sp, self.arena);
+        self.capture.signal_duration += started.elapsed();
+        len
     }
 
     /// Whether an unwind got to the thread's root: it stopped without an
@@ -407,7 +445,7 @@ impl Attempt<'_> {
         // with EINTR, which some application code does not expect.
         if matches!(state, 'S' | 'D') {
             if let Some(regs) = facts.as_ref().and_then(|f| f.syscall.as_ref()?.user_regs) {
-                if let Some(done) = self.asleep(tid, facts.clone(), state, regs) {
+                if let Some(done) = self.asleep(tid, facts.clone(), state, regs, deadline) {
                     return done;
                 }
             }
