@@ -13,10 +13,8 @@
 //!   probe out;
 //! * a connection accepted but not yet polled is never evicted (its socket
 //!   is not even registered with the reactor, so a head its client already
-//!   sent cannot have been seen), nor is an idle one whose client's bytes
-//!   wait unread in its socket (peeked through a duplicate descriptor: its
-//!   task has not been woken for them yet); if only such connections
-//!   stand in the way, the caller lets them run and asks again;
+//!   sent cannot have been seen): if only such connections stand in the
+//!   way, the caller lets them run and asks again;
 //! * only when every connection is inside a request is the new one refused.
 //!
 //! It does not accept, serve or close sockets (that is
@@ -25,11 +23,8 @@
 //! moves a slot between states). Everything here runs on the exporter's one
 //! thread; the atomics only make slots shareable with connection tasks.
 
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
-
-use rustix::net::RecvFlags;
+use std::sync::Arc;
 
 use crate::clock;
 
@@ -70,44 +65,15 @@ pub(super) struct Slot {
     /// When the connection last became idle (accepted, or its last response
     /// written), in [`clock`] microseconds.
     idle_since_us: AtomicU64,
-    /// A duplicate of the connection's socket, only to peek whether its
-    /// client's bytes are waiting unread (see [`Slot::bytes_waiting`]).
-    socket: Mutex<Option<OwnedFd>>,
 }
 
 impl Slot {
-    /// A slot for a connection accepted now, with nothing to peek at.
-    #[cfg(test)]
+    /// A slot for a connection accepted now.
     pub(super) fn new() -> Arc<Slot> {
-        Self::watching(None)
-    }
-
-    /// A slot for a connection accepted now, able to peek at its socket
-    /// through `socket` (a duplicate of the connection's descriptor,
-    /// closed with the slot: [`Slot::closed`]).
-    pub(super) fn watching(socket: Option<OwnedFd>) -> Arc<Slot> {
         Arc::new(Slot {
             state: AtomicU8::new(SlotState::New as u8),
             idle_since_us: AtomicU64::new(clock::now_us()),
-            socket: Mutex::new(socket),
         })
-    }
-
-    /// Whether the client's bytes wait in the socket, unread: a connection
-    /// whose task has not been woken for them yet (tokio learns of them
-    /// only at its reactor's next turn, which a flood of accepts can put
-    /// off) is not idle. One non-blocking `recv` with `MSG_PEEK`; nothing
-    /// is consumed.
-    pub(super) fn bytes_waiting(&self) -> bool {
-        let socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(socket) = socket.as_ref() else {
-            return false;
-        };
-        let mut one = [0u8; 1];
-        matches!(
-            rustix::net::recv(socket, &mut one, RecvFlags::PEEK | RecvFlags::DONTWAIT),
-            Ok((n, _)) if n > 0
-        )
     }
 
     /// What the connection is doing.
@@ -151,12 +117,9 @@ impl Slot {
         }
     }
 
-    /// The connection's task is over (its socket closed), or it is being
-    /// evicted: the duplicate descriptor goes too, so that it never keeps
-    /// the socket open.
+    /// The connection's task is over (its socket closed).
     pub(super) fn closed(&self) {
         self.state.store(SlotState::Closed as u8, Ordering::Release);
-        drop(self.socket.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
 
     fn swap(&self, from: SlotState, to: SlotState) {
@@ -175,7 +138,7 @@ pub(super) enum Room<H> {
     /// longest and has been removed from the table: the caller closes it.
     Evicted(H),
     /// At the cap, nothing idle, but some connections have not been polled
-    /// yet or have bytes waiting: let them run, then ask again.
+    /// yet: let them run, then ask again.
     NotYet,
     /// At the cap and every connection is inside a request.
     Full,
@@ -219,31 +182,27 @@ impl<H> ConnectionTable<H> {
         if self.open.len() < self.max {
             return Room::Free;
         }
-        let mut idle: Vec<(u64, usize)> = Vec::new();
+        let mut oldest: Option<(usize, u64)> = None;
         let mut unpolled = false;
         for (i, (slot, _)) in self.open.iter().enumerate() {
             match slot.state() {
-                SlotState::Idle => idle.push((slot.idle_since_us(), i)),
+                SlotState::Idle => {
+                    let since = slot.idle_since_us();
+                    if oldest.is_none_or(|(_, t)| since < t) {
+                        oldest = Some((i, since));
+                    }
+                }
                 SlotState::New => unpolled = true,
                 SlotState::Busy | SlotState::Sending | SlotState::Closed => {}
             }
         }
-        idle.sort_unstable();
-        // The longest idle whose client has not sent anything meanwhile;
-        // one with bytes waiting is about to read them, like a new one.
-        let mut head_waiting = false;
-        let victim = idle.iter().find(|&&(_, i)| {
-            let waiting = self.open[i].0.bytes_waiting();
-            head_waiting |= waiting;
-            !waiting
-        });
-        match victim {
-            Some(&(_, i)) => {
+        match oldest {
+            Some((i, _)) => {
                 let (slot, handle) = self.open.swap_remove(i);
                 slot.closed();
                 Room::Evicted(handle)
             }
-            None if unpolled || head_waiting => Room::NotYet,
+            None if unpolled => Room::NotYet,
             None => Room::Full,
         }
     }
@@ -339,48 +298,6 @@ mod tests {
         b.closed();
         assert_eq!(t.make_room(), Room::Free);
         assert_eq!(t.len(), 1);
-    }
-
-    #[test]
-    fn an_idle_connection_with_bytes_waiting_is_not_evicted() {
-        use std::io::Write;
-        use std::os::fd::AsFd;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut clients: Vec<std::net::TcpStream> = (0..2)
-            .map(|_| std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap())
-            .collect();
-        let servers: Vec<std::net::TcpStream> =
-            (0..2).map(|_| listener.accept().unwrap().0).collect();
-        let slots: Vec<Arc<Slot>> = servers
-            .iter()
-            .map(|s| Slot::watching(Some(s.as_fd().try_clone_to_owned().unwrap())))
-            .collect();
-        // The older connection's client sends its head; its task has not
-        // read it (polled before it came).
-        slots[0].polled();
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        slots[1].polled();
-        clients[0]
-            .write_all(b"GET /healthz HTTP/1.1\r\n\r\n")
-            .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !slots[0].bytes_waiting() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the head never arrived"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        assert!(!slots[1].bytes_waiting());
-        let mut t = ConnectionTable::new(2);
-        t.insert(slots[0].clone(), "with head");
-        t.insert(slots[1].clone(), "silent");
-        assert_eq!(t.make_room(), Room::Evicted("silent"));
-        // With only the waiting head left at the cap: wait, do not evict.
-        let mut t = ConnectionTable::new(1);
-        t.insert(slots[0].clone(), "with head");
-        assert_eq!(t.make_room(), Room::NotYet);
-        drop(clients);
     }
 
     #[test]

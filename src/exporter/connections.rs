@@ -33,7 +33,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener, ToSocketAddrs};
-use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -185,9 +184,7 @@ pub(super) async fn accept_loop(
         ExporterCounters::bump(&counters.accepted);
         if admit(&mut table, &counters).await {
             let _ = stream.set_nodelay(true);
-            // A duplicate descriptor lets admission peek at the socket
-            // (without it the slot only loses that check).
-            let slot = Slot::watching(stream.as_fd().try_clone_to_owned().ok());
+            let slot = Slot::new();
             let task = tokio::spawn(serve(
                 stream,
                 peer,
