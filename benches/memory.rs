@@ -339,23 +339,7 @@ fn main() {
     for mode in ["monitor", "capture", "backtrace", "exporter", "seed"] {
         let mut v: Vec<Vec<f64>> = Vec::new();
         for _ in 0..runs {
-            let out = Command::new(&exe)
-                .env("LOOPWATCH_BENCH_CHILD", mode)
-                .output()
-                .expect("child");
-            let text = String::from_utf8_lossy(&out.stdout);
-            match text.lines().find(|l| l.starts_with("RSS ")) {
-                Some(line) => v.push(
-                    line[4..]
-                        .split_whitespace()
-                        .map(|x| x.parse::<f64>().unwrap())
-                        .collect(),
-                ),
-                None => eprintln!(
-                    "{mode} child failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-            }
+            v.extend(child_numbers(&exe, mode, "RSS "));
         }
         let col = |i: usize| median(&v.iter().map(|r| r[i] - r[0]).collect::<Vec<_>>());
         let base = median(&v.iter().map(|r| r[0]).collect::<Vec<_>>());

@@ -158,22 +158,7 @@ fn main() {
         for mode in ["backtrace", "loopwatch"] {
             let mut v: Vec<Vec<f64>> = Vec::new();
             for _ in 0..runs {
-                let out = Command::new(&bin)
-                    .env("LOOPWATCH_BENCH_CHILD", mode)
-                    .output()
-                    .expect("child");
-                let text = String::from_utf8_lossy(&out.stdout);
-                match text.lines().find_map(|l| l.strip_prefix("SYM ")) {
-                    Some(line) => v.push(
-                        line.split_whitespace()
-                            .map(|x| x.parse::<f64>().unwrap())
-                            .collect(),
-                    ),
-                    None => eprintln!(
-                        "{mode} child failed: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    ),
-                }
+                v.extend(child_numbers(std::path::Path::new(&bin), mode, "SYM "));
             }
             if v.is_empty() {
                 continue;

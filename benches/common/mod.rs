@@ -617,6 +617,32 @@ pub fn machine() -> String {
     format!("{cpu}, {cores} cores, Linux {kernel}, load average {load}")
 }
 
+/// Runs `exe` as a bench child (`LOOPWATCH_BENCH_CHILD=mode`) and returns
+/// the numbers on its stdout line that starts with `prefix`; `None` (with
+/// the child's stderr printed) when it printed no such line.
+pub fn child_numbers(exe: &Path, mode: &str, prefix: &str) -> Option<Vec<f64>> {
+    let out = std::process::Command::new(exe)
+        .env("LOOPWATCH_BENCH_CHILD", mode)
+        .output()
+        .expect("child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let numbers = text
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(|line| {
+            line.split_whitespace()
+                .map(|x| x.parse::<f64>().unwrap())
+                .collect()
+        });
+    if numbers.is_none() {
+        eprintln!(
+            "{mode} child failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    numbers
+}
+
 /// Whether glibc's separate debug file (Debian's `libc6-dbg`) is
 /// installed, found by libc's build id under `/usr/lib/debug/.build-id`.
 pub fn libc_debug_installed() -> bool {
