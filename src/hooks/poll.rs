@@ -61,6 +61,14 @@ impl PollState {
         }
     }
 
+    /// A cell back in use for a new thread: no poll, sequence from 0 (no
+    /// reader holds a cell that is on the pool's free list).
+    pub(super) fn reset(&self) {
+        self.task.store(0, Ordering::Relaxed);
+        self.location.store(0, Ordering::Relaxed);
+        self.seq.store(0, Ordering::Release);
+    }
+
     /// The sequence, and the task and location if they were read
     /// consistently with it.
     pub(super) fn read(&self) -> (u64, Option<(u64, u32)>) {

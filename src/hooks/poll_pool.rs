@@ -52,8 +52,9 @@ impl PollPool {
             self.allocated.fetch_add(1, Ordering::Relaxed);
             Box::leak(Box::default())
         });
-        // The previous holder may have stopped inside a poll.
-        state.end();
+        // The previous holder may have stopped inside a poll, and its
+        // sequence is not the new thread's.
+        state.reset();
         PollLease { state, pool: self }
     }
 

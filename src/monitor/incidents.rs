@@ -382,9 +382,8 @@ impl Monitor {
         // Once withheld, pings stay withheld until every cause has ended: a
         // probe that answers again while a worker is still stuck has not
         // ended the stall.
-        let still_stuck = incident.withholds
-            && !incident.probe_stalled
-            && w.workers.as_ref().is_some_and(WorkerWatch::any_stuck);
+        let still_stuck =
+            incident.withholds && w.workers.as_ref().is_some_and(WorkerWatch::any_stuck);
         let withholds = incident.probe_stalled || worker_over_limit.is_some() || still_stuck;
         if withholds == incident.withholds {
             return;

@@ -351,10 +351,7 @@ impl Monitor {
         if unaccounted <= self.threshold {
             return;
         }
-        if self.gaps.len() == GAPS_KEPT {
-            self.gaps.pop_front();
-        }
-        self.gaps.push_back(MonitorGap {
+        self.remember_gap(MonitorGap {
             from: started,
             to: now,
         });
@@ -365,6 +362,14 @@ impl Monitor {
         );
     }
 
+    /// Keeps `gap`, dropping the oldest beyond [`GAPS_KEPT`].
+    fn remember_gap(&mut self, gap: MonitorGap) {
+        if self.gaps.len() == GAPS_KEPT {
+            self.gaps.pop_front();
+        }
+        self.gaps.push_back(gap);
+    }
+
     /// Remembers a wake-up much later than planned: the monitor itself was
     /// not running.
     fn note_gap(&mut self, planned: u64, now: u64) -> Option<MonitorGap> {
@@ -372,14 +377,11 @@ impl Monitor {
         if now <= planned + slack {
             return None;
         }
-        if self.gaps.len() == GAPS_KEPT {
-            self.gaps.pop_front();
-        }
         let gap = MonitorGap {
             from: planned,
             to: now,
         };
-        self.gaps.push_back(gap);
+        self.remember_gap(gap);
         tracing::warn!(
             late = %human(us(now - planned)),
             "loopwatch monitor thread was not scheduled on time (process stopped, VM paused or CPU throttled?)"
@@ -403,7 +405,8 @@ impl Monitor {
 
     /// At shutdown: a stall whose probe has been answered since the last
     /// tick is reported recovered. Nothing new is started (no capture, no
-    /// second capture), so shutdown never waits for diagnostics.
+    /// second capture), so shutdown never waits for diagnostics; it waits
+    /// at most [`LAST_LOOK_GRACE`] for a stalled loop to answer.
     fn last_look(&mut self, now: u64) {
         // A stalled loop whose block has just ended answers its probe
         // within microseconds of getting its thread back: give it that

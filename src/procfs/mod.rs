@@ -112,9 +112,7 @@ pub fn read_thread(tid: i32) -> Option<ThreadFacts> {
     let wchan = fs::read_to_string(format!("{dir}/wchan"))
         .ok()
         .and_then(|s| parse_wchan(&s));
-    let syscall = fs::read_to_string(format!("{dir}/syscall"))
-        .ok()
-        .and_then(|s| parse_syscall(&s));
+    let syscall = read_syscall(tid);
     Some(ThreadFacts {
         tid,
         name: parsed.comm,

@@ -42,8 +42,8 @@ impl StallReport {
         if let Ok(v) = serde_json::from_str::<VersionOnly>(text) {
             check_version(v.format_version)?;
         }
+        // Every JSON object parses as `VersionOnly`: the version is checked.
         let mut report: StallReport = serde_json::from_str(text).map_err(invalid)?;
-        check_version(report.format_version)?;
         report.format_version = report.format_version.max(1);
         Ok(report)
     }

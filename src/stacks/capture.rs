@@ -167,6 +167,17 @@ impl NotCaptured {
 }
 
 impl ThreadStack {
+    /// A thread whose stack is in this capture, as `outcome` (captured, or
+    /// the monitor's own entry), with its `/proc` facts; stack and frames
+    /// are the caller's to fill in.
+    pub(crate) fn captured(tid: i32, facts: Option<ThreadFacts>, outcome: CaptureOutcome) -> Self {
+        ThreadStack {
+            outcome,
+            not_captured: None,
+            ..Self::not_captured(tid, facts, NotCaptured::Failed)
+        }
+    }
+
     /// A thread whose stack is not captured, for `reason`, with its `/proc`
     /// facts.
     pub fn not_captured(tid: i32, facts: Option<ThreadFacts>, reason: NotCaptured) -> Self {

@@ -36,16 +36,10 @@ pub(crate) struct NameCoverage {
 
 /// Where the build-id path of a debug file for `id` would be.
 fn build_id_path(id: &str) -> String {
-    if id.len() > 2 {
-        format!(
-            "{}/.build-id/{}/{}.debug",
-            debugfile::DEBUG_ROOT,
-            &id[..2],
-            &id[2..]
-        )
-    } else {
-        format!("{}/.build-id/<id>.debug", debugfile::DEBUG_ROOT)
-    }
+    debugfile::build_id_path(std::path::Path::new(debugfile::DEBUG_ROOT), id).map_or_else(
+        || format!("{}/.build-id/<id>.debug", debugfile::DEBUG_ROOT),
+        |p| p.display().to_string(),
+    )
 }
 
 impl NameCoverage {

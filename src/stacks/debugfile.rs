@@ -30,16 +30,22 @@ pub(crate) fn find_in(root: &Path, module: &Path, facts: &ElfFacts) -> Option<Pa
         .find(|c| c.is_file() && same_build(c, facts))
 }
 
+/// Where under `root` the debug file of the build with hex id `id` is
+/// (`.build-id/xx/yyyy.debug`, GDB's layout); `None` for an id too short.
+pub(crate) fn build_id_path(root: &Path, id: &str) -> Option<PathBuf> {
+    let (dir, file) = (id.get(..2)?, id.get(2..).filter(|f| !f.is_empty())?);
+    Some(root.join(".build-id").join(dir).join(format!("{file}.debug")))
+}
+
 /// Every path searched, in order (what a report tells the user).
 pub(crate) fn candidates(root: &Path, module: &Path, facts: &ElfFacts) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    if let Some(id) = facts.build_id.as_deref().filter(|id| id.len() >= 2) {
-        let id = hex(id);
-        out.push(
-            root.join(".build-id")
-                .join(&id[..2])
-                .join(format!("{}.debug", &id[2..])),
-        );
+    if let Some(path) = facts
+        .build_id
+        .as_deref()
+        .and_then(|id| build_id_path(root, &hex(id)))
+    {
+        out.push(path);
     }
     if let Some((name, _crc)) = &facts.debuglink {
         // The name is a file name; anything with a path in it is not trusted.

@@ -137,6 +137,7 @@ impl State {
             return capture;
         };
         let mut unwound: Vec<Option<Unwound>> = Vec::with_capacity(order.len());
+        let mut modules_reread = false;
         let guard = sys::lock_slot();
         for tid in order {
             let mut one = Attempt {
@@ -144,6 +145,7 @@ impl State {
                 arena: &mut *arena,
                 modules: &mut *modules,
                 capture: &mut capture,
+                modules_reread: &mut modules_reread,
             };
             let (t, frames) = if tid == me {
                 (monitor(tid, procfs::read_thread(tid)), None)
@@ -250,10 +252,7 @@ impl State {
 
 /// The monitor thread's own entry: not interrupted.
 fn monitor(tid: i32, facts: Option<procfs::ThreadFacts>) -> ThreadStack {
-    let mut t = ThreadStack::not_captured(tid, facts, NotCaptured::Failed);
-    t.outcome = CaptureOutcome::Monitor;
-    t.not_captured = None;
-    t
+    ThreadStack::captured(tid, facts, CaptureOutcome::Monitor)
 }
 
 /// One frame: its module, build id, offset and symbol-table name.
@@ -292,6 +291,10 @@ struct Attempt<'a> {
     arena: &'a mut Arena,
     modules: &'a mut Modules,
     capture: &'a mut Capture,
+    /// The module list was read again during this capture: not again
+    /// (code outside every module, JIT code say, would otherwise have it
+    /// re-read for every thread).
+    modules_reread: &'a mut bool,
 }
 
 impl Attempt<'_> {
@@ -365,9 +368,7 @@ impl Attempt<'_> {
                     .to_string(),
             );
         }
-        let mut t = ThreadStack::not_captured(tid, facts, NotCaptured::Failed);
-        t.outcome = CaptureOutcome::Captured;
-        t.not_captured = None;
+        let mut t = ThreadStack::captured(tid, facts, CaptureOutcome::Captured);
         t.detail = detail;
         t.registers = Some(Registers { ip: pc, sp, bp });
         t.stack_bytes = len;
@@ -379,17 +380,21 @@ impl Attempt<'_> {
     }
 
     /// Unwinds the `len` bytes of stack in the arena from `regs`, once more
-    /// after re-reading the module list when a frame lies in no known
-    /// module (a library loaded since the list was read), and adds the
-    /// time taken to the capture's unwind time.
+    /// after re-reading the module list (at most once per capture) when a
+    /// frame lies in no known module (a library loaded since the list was
+    /// read), and adds the time taken to the capture's unwind time.
     fn unwind(&mut self, regs: sys::Regs, len: usize) -> Unwound {
         let started = Instant::now();
         let mut result = self.modules.unwind(regs, self.arena.stack(len), MAX_FRAMES);
-        if result
-            .frames
-            .iter()
-            .any(|f| self.modules.find(f.address_for_lookup()).is_none())
-            && self.modules.refresh(&maps::read_maps()) > 0
+        if !*self.modules_reread
+            && result
+                .frames
+                .iter()
+                .any(|f| self.modules.find(f.address_for_lookup()).is_none())
+            && {
+                *self.modules_reread = true;
+                self.modules.refresh(&maps::read_maps()) > 0
+            }
         {
             result = self.modules.unwind(regs, self.arena.stack(len), MAX_FRAMES);
         }

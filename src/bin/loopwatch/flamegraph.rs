@@ -36,20 +36,18 @@ pub fn folded(reports: &[Loaded], weight: Weight) -> BTreeMap<String, u64> {
     for l in reports {
         let r = &l.report;
         let w = match weight {
-            Weight::Stalls => 1 + r.coalesced_stalls,
+            Weight::Stalls => r.coalesced_stalls.saturating_add(1),
             Weight::Time => {
                 let own = stalled(r).as_millis() as u64;
-                let coalesced: u64 = r
-                    .occurrences
-                    .iter()
-                    .map(|o| {
-                        crate::facts::seconds(o.duration_seconds.unwrap_or(0.0)).as_millis() as u64
-                    })
-                    .sum();
+                let coalesced = r.occurrences.iter().fold(0u64, |sum, o| {
+                    let ms = crate::facts::seconds(o.duration_seconds.unwrap_or(0.0)).as_millis();
+                    sum.saturating_add(u64::try_from(ms).unwrap_or(u64::MAX))
+                });
                 own.saturating_add(coalesced).max(1)
             }
         };
-        *out.entry(stack_of(r)).or_insert(0) += w;
+        let total = out.entry(stack_of(r)).or_insert(0u64);
+        *total = total.saturating_add(w);
     }
     out
 }
@@ -96,7 +94,9 @@ pub fn write(
     out: &mut dyn Write,
 ) -> io::Result<()> {
     let folded = folded(reports, weight);
-    let stalls: u64 = reports.iter().map(|l| 1 + l.report.coalesced_stalls).sum();
+    let stalls = reports.iter().fold(0u64, |sum, l| {
+        sum.saturating_add(l.report.coalesced_stalls.saturating_add(1))
+    });
     let mut opts = Options::default();
     opts.title = title.map(str::to_string).unwrap_or_else(|| {
         format!(

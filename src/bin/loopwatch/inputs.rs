@@ -161,7 +161,12 @@ fn collect(path: &Path, depth: usize, given: bool, out: &mut Vec<PathBuf>, p: &m
         Ok(entries) => entries,
         Err(e) => return p.bad(path, format!("cannot read the directory: {e}; skipped")),
     };
-    let mut entries: Vec<_> = entries.filter_map(|e| e.ok()).collect();
+    let mut entries: Vec<_> = entries
+        .filter_map(|e| {
+            e.map_err(|e| p.bad(path, format!("cannot read an entry of the directory: {e}")))
+                .ok()
+        })
+        .collect();
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let name = entry.file_name();

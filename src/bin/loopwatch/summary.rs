@@ -42,14 +42,15 @@ impl<'a> Tally<'a> {
         let r = &l.report;
         let host = host(r);
         self.reports += 1;
-        self.coalesced += r.coalesced_stalls;
+        // Counts and durations come from files: never overflow on them.
+        self.coalesced = self.coalesced.saturating_add(r.coalesced_stalls);
         self.hosts.insert(host);
         if self.executable.is_none() {
             self.executable = r.process.executable.as_deref().map(file_name);
         }
         for s in stalls(r) {
             self.stalls += 1;
-            self.stalled += s.duration;
+            self.stalled = self.stalled.saturating_add(s.duration);
             *self.by_verdict.entry(s.verdict.as_str()).or_default() += 1;
             if self.first.is_none_or(|f| s.at < f) {
                 self.first = Some(s.at);
@@ -61,7 +62,7 @@ impl<'a> Tally<'a> {
                 Some(c) => {
                     let e = self.culprits.entry(c).or_default();
                     e.stalls += 1;
-                    e.stalled += s.duration;
+                    e.stalled = e.stalled.saturating_add(s.duration);
                     e.hosts.insert(host);
                 }
                 None => self.no_culprit += 1,
@@ -69,8 +70,8 @@ impl<'a> Tally<'a> {
         }
         // Coalesced stalls past the listed ones count, without details.
         let more = unlisted(r);
-        self.unlisted += more;
-        self.stalls += more;
+        self.unlisted = self.unlisted.saturating_add(more);
+        self.stalls = self.stalls.saturating_add(more);
     }
 
     fn verdicts(&self) -> Vec<(&'static str, u64)> {
