@@ -139,7 +139,7 @@ pub use settings::{
     DEFAULT_PROBE_INTERVAL, DEFAULT_STALL_THRESHOLD, MAX_DURATION_SETTING, MIN_STALL_THRESHOLD,
 };
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-pub use stacks::symbolize_offset;
+pub use stacks::{symbolize_offset, symbolize_offsets};
 pub use stacks::{CaptureOutcome, Frame, NotCaptured, Origin, SymbolSource};
 pub use status::{LoopState, RuntimeStatus, StallEvent, Status};
 pub use verdict::{Culprit, Verdict, VerdictKind};

@@ -139,7 +139,7 @@ pub use sampler::StackSampler;
 pub use sampler::Symbolization;
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-pub use offline::symbolize_offset;
+pub use offline::{symbolize_offset, symbolize_offsets};
 
 /// Gives frames of `to` the DWARF names their twins in `from` (an earlier
 /// capture of the same stall, already symbolized) have: same build id,

@@ -1,6 +1,7 @@
 //! Symbolizing a report's frames after the fact, from a debug file.
 //!
-//! This module owns [`symbolize_offset`]: a frame of a report from a
+//! This module owns [`symbolize_offset`] (and [`symbolize_offsets`], many
+//! at once): a frame of a report from a
 //! stripped binary carries its module's build id and its offset; with the
 //! debug file of that build (or the unstripped binary), this function turns
 //! the offset into functions, files and lines, with the same code the
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::dwarf_file::resolve_in_file;
 use super::frame::{Frame, SymbolSource};
+use super::names::Named;
 use crate::error::Error;
 
 /// The functions at `offset` of the binary whose debug information is in
@@ -48,23 +50,46 @@ pub fn symbolize_offset(
     offset: u64,
     is_return_address: bool,
 ) -> Result<Vec<Frame>, Error> {
+    Ok(symbolize_offsets(debug_file, &[(offset, is_return_address)])?
+        .pop()
+        .unwrap_or_default())
+}
+
+/// [`symbolize_offset`] for many offsets of one build at once: the debug
+/// file is read and parsed once, not once per offset. One list of frames
+/// per `(offset, is_return_address)`, in order.
+///
+/// Errors: [`Error::DebugInfo`] if the file cannot be opened or parsed.
+pub fn symbolize_offsets(
+    debug_file: &Path,
+    offsets: &[(u64, bool)],
+) -> Result<Vec<Vec<Frame>>, Error> {
     let error = |reason: String| Error::DebugInfo {
         path: debug_file.to_path_buf(),
         reason,
     };
-    let svma = if is_return_address {
-        offset.wrapping_sub(1)
-    } else {
-        offset
-    };
+    let svmas: Vec<u64> = offsets
+        .iter()
+        .map(|&(offset, is_return)| if is_return { offset.wrapping_sub(1) } else { offset })
+        .collect();
     let far = Instant::now() + Duration::from_secs(3600);
-    let (mut found, _) =
-        resolve_in_file(debug_file, &[svma], far).map_err(|e| error(e.to_string()))?;
-    let mut named = found.pop().unwrap_or_default();
-    let symtab = super::symtab::names_in(debug_file, &[svma])
-        .map_err(|e| error(e.to_string()))?
-        .pop()
-        .flatten();
+    let (found, _) = resolve_in_file(debug_file, &svmas, far).map_err(|e| error(e.to_string()))?;
+    let symtab = super::symtab::names_in(debug_file, &svmas).map_err(|e| error(e.to_string()))?;
+    Ok(offsets
+        .iter()
+        .zip(found.into_iter().chain(std::iter::repeat_with(Vec::new)))
+        .zip(symtab.into_iter().chain(std::iter::repeat(None)))
+        .map(|((&(offset, _), named), symtab)| frames_at(offset, named, symtab))
+        .collect())
+}
+
+/// The frames at `offset` from what DWARF (`named`, innermost first) and
+/// the symbol table say about it.
+fn frames_at(
+    offset: u64,
+    mut named: Vec<Named>,
+    symtab: Option<String>,
+) -> Vec<Frame> {
     let frame = |function, file, line, inlined| Frame {
         ip: offset,
         function,
@@ -76,10 +101,10 @@ pub fn symbolize_offset(
         ..Frame::default()
     };
     if named.is_empty() {
-        return Ok(symtab
+        return symtab
             .map(|name| frame(Some(name), None, None, false))
             .into_iter()
-            .collect());
+            .collect();
     }
     super::names::qualify_outermost(&mut named, symtab.as_deref());
     let last = named.len() - 1;
@@ -89,5 +114,5 @@ pub fn symbolize_offset(
         .map(|(i, n)| frame(n.function, n.file, n.line, i < last))
         .collect();
     super::names::qualify_closures(&mut frames);
-    Ok(frames)
+    frames
 }

@@ -11,6 +11,7 @@
 //! [`loopwatch::symbolize_offset`]).
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -100,9 +101,25 @@ pub fn run(
     let mut named = 0;
     for (build_id, file) in &debug_files {
         let file = &fs::canonicalize(file).unwrap_or_else(|_| file.clone());
+        // Which offsets this build's frames ask for (on a copy), then all of
+        // them from one read of the debug file.
+        let mut wanted = Vec::new();
+        report
+            .clone()
+            .symbolize_frames(build_id, |offset, is_return| {
+                wanted.push((offset, is_return));
+                Ok(Vec::new())
+            })
+            .map_err(|e| e.to_string())?;
+        let resolved = loopwatch::symbolize_offsets(file, &wanted).map_err(|e| e.to_string())?;
+        let by_offset: HashMap<(u64, bool), Vec<loopwatch::Frame>> =
+            wanted.into_iter().zip(resolved).collect();
         let n = report
             .symbolize_frames(build_id, |offset, is_return| {
-                loopwatch::symbolize_offset(file, offset, is_return)
+                Ok(by_offset
+                    .get(&(offset, is_return))
+                    .cloned()
+                    .unwrap_or_default())
             })
             .map_err(|e| e.to_string())?;
         report.notes.push(format!(
