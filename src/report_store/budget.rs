@@ -102,12 +102,20 @@ impl StderrFallback {
         }
     }
 
-    /// Prints `text` (report `id`'s compact form) after `headline`, unless
-    /// `once` and this id was printed already, or the hour's budget is spent.
-    pub(super) fn print(&mut self, now: u64, id: &str, headline: &str, text: &str, once: bool) {
-        if once && self.printed.iter().any(|p| p == id) {
+    /// Prints `text` (report `id`'s compact form, made only when it is
+    /// printed) after `headline`, unless this id was printed already or
+    /// the hour's budget is spent.
+    pub(super) fn print(
+        &mut self,
+        now: u64,
+        id: &str,
+        headline: &str,
+        text: impl FnOnce() -> String,
+    ) {
+        if self.printed.iter().any(|p| p == id) {
             return;
         }
+        let text = text();
         let bytes = (headline.len() + text.len()) as u64;
         if !self.budget.fits(now, bytes) {
             self.left_out += 1;

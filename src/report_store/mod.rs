@@ -250,11 +250,18 @@ impl ReportStore {
     }
 
     /// Prints the compact text of a report that could not be saved in
-    /// `dir`, under `headline`, once per report id (within the stderr
-    /// budget).
-    fn print_unsaved(&mut self, now: u64, report: &StallReport, dir: &Path, headline: &str) {
-        let text = report.to_compact_text_for(Some(dir));
-        self.stderr.print(now, &report.id, headline, &text, true);
+    /// `dir` (or that has no directory), under `headline`, once per report
+    /// id (within the stderr budget).
+    fn print_unsaved(
+        &mut self,
+        now: u64,
+        report: &StallReport,
+        dir: Option<&Path>,
+        headline: &str,
+    ) {
+        self.stderr.print(now, &report.id, headline, || {
+            report.to_compact_text_for(dir)
+        });
     }
 
     /// Writes (or rewrites) `report`, pinning it first when asked.
@@ -264,8 +271,7 @@ impl ReportStore {
             self.pins.pin(&report.id);
         }
         let Some(dir) = self.dir.as_mut() else {
-            let text = report.to_compact_text();
-            self.stderr.print(now, &report.id, "", &text, true);
+            self.print_unsaved(now, report, None, "");
             return Saved::StderrOnly;
         };
         let path = dir.path().to_path_buf();
@@ -287,7 +293,7 @@ impl ReportStore {
                 report.id,
                 path.display()
             );
-            self.print_unsaved(now, report, &path, &headline);
+            self.print_unsaved(now, report, Some(&path), &headline);
             return Saved::Dropped;
         }
         let written = match dir.fd() {
@@ -352,7 +358,7 @@ impl ReportStore {
                     "loopwatch: could not write stall report to {}: {e}\n",
                     path.display()
                 );
-                self.print_unsaved(now, report, &path, &headline);
+                self.print_unsaved(now, report, Some(&path), &headline);
                 Saved::Failed
             }
         }
